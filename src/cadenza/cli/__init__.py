@@ -1,0 +1,13 @@
+"""The `cadenza` command: one Typer app whose groups live in sibling modules (music, data, ...)."""
+
+import typer
+
+from cadenza.cli import data, music
+
+app = typer.Typer(
+    help="cadenza: structure-aware music (Staria) and speech (Higgs Audio) generation.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(music.app, name="music", help="Symbolic music: tokenize, detokenize, (later) train and generate.")
+app.add_typer(data.app, name="data", help="Build corpora: music21, MIDI folders, synthetic structured pieces, speech.")

@@ -1,0 +1,5 @@
+"""`cadenza music ...` commands."""
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
