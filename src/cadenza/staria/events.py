@@ -123,7 +123,15 @@ class MusicEvents:
         gap = np.r_[ev.onset_ms[1:] - ev.onset_ms[:-1], 0]
         cut = next_same & (ev.instrument != DRUM) & (ev.onset_ms + ev.duration_ms > np.r_[ev.onset_ms[1:], 0])
         ev.duration_ms = np.where(cut, gap, ev.duration_ms)
-        return ev.take(np.lexsort((ev.pitch, ev.instrument, ev.onset_ms)))
+        ev = ev.take(np.lexsort((ev.pitch, ev.instrument, ev.onset_ms)))
+        # A section opens at a time, not on one note of a chord: keep it on the first note at that onset.
+        opens = np.flatnonzero(ev.section != NO_SECTION)
+        if len(opens):
+            first = np.searchsorted(ev.onset_ms, ev.onset_ms[opens], side="left")
+            section = np.full(len(ev), NO_SECTION, dtype=np.int64)
+            section[first] = ev.section[opens]
+            ev.section = section
+        return ev
 
 
 def events_from_raw(raw: RawNotes, section_markers: bool = True) -> MusicEvents:

@@ -110,8 +110,8 @@ class StariaTokenizer:
         return self.events_to_ids(self.events(x, name))
 
     def events_to_ids(self, events: MusicEvents) -> np.ndarray:
-        """Token ids of quantized notes: prefix, <S>, notes with <T> and section tokens, <E>."""
-        ev = events
+        """Token ids of notes: prefix, <S>, notes with <T> and section tokens, <E> (normalizes first)."""
+        ev = events.normalized()
         n = len(ev)
         is_drum = ev.instrument == DRUM
         segment = ev.onset_ms // SEGMENT_MS
@@ -160,8 +160,8 @@ class StariaTokenizer:
         keep = ~_inside_prompt(kind)
         ids, kind = ids[keep], kind[keep]
 
-        nxt1 = np.r_[kind[1:], K_OTHER]
-        nxt2 = np.r_[kind[2:], K_OTHER, K_OTHER]
+        padded = np.r_[kind, K_OTHER, K_OTHER]
+        nxt1, nxt2 = padded[1:len(kind) + 1], padded[2:len(kind) + 2]
         note_start = ((kind == K_NOTE) & (nxt1 == K_ONSET) & (nxt2 == K_DUR)) | (
             (kind == K_DRUM) & (nxt1 == K_ONSET)
         )
@@ -277,7 +277,7 @@ class StariaTokenizer:
         if tempo_scale != 1.0:
             events.onset_ms = events.onset_ms / tempo_scale
             events.duration_ms = events.duration_ms / tempo_scale
-        return self.events_to_ids(events.normalized())
+        return self.events_to_ids(events)
 
     def augment(self, tokens: Iterable[Token], pitch_shift: int = 0, velocity_shift: int = 0,
                 tempo_scale: float = 1.0) -> list[Token]:
