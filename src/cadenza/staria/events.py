@@ -94,43 +94,53 @@ class MusicEvents:
         A note struck again before it ends is cut at the new onset (what a MIDI player does), and exact
         duplicates are dropped, so that writing the notes to a MIDI file and reading them back is stable.
         """
-        onset = np.maximum(np.rint(self.onset_ms / TIME_STEP_MS).astype(np.int64) * TIME_STEP_MS, 0)
-        is_drum = self.instrument == DRUM
-        duration = np.rint(self.duration_ms / TIME_STEP_MS).astype(np.int64) * TIME_STEP_MS
-        duration = np.where(is_drum, 0, np.clip(duration, TIME_STEP_MS, MAX_DURATION_MS))
-        ev = MusicEvents(onset, duration, self.pitch.astype(np.int64), quantize_velocity(self.velocity),
-                         self.instrument.astype(np.int64), self.section.astype(np.int64))
-        ev = ev.take((ev.pitch >= 0) & (ev.pitch <= 127))
-        # Group by (instrument, pitch, onset); the longest duplicate comes first and is the one kept.
-        order = np.lexsort((-ev.duration_ms, ev.onset_ms, ev.pitch, ev.instrument))
-        ev = ev.take(order)
-        same_key = np.zeros(len(ev), dtype=bool)
-        same_key[1:] = (ev.instrument[1:] == ev.instrument[:-1]) & (ev.pitch[1:] == ev.pitch[:-1])
-        duplicate = same_key & np.r_[False, ev.onset_ms[1:] == ev.onset_ms[:-1]]
+        step = np.maximum(np.rint(np.asarray(self.onset_ms) / TIME_STEP_MS).astype(np.int64), 0)
+        instrument = np.asarray(self.instrument, dtype=np.int64)
+        pitch = np.asarray(self.pitch, dtype=np.int64)
+        is_drum = instrument == DRUM
+        dur_steps = np.rint(np.asarray(self.duration_ms) / TIME_STEP_MS).astype(np.int64)
+        dur_steps = np.where(is_drum, 0, np.clip(dur_steps, 1, MAX_DURATION_MS // TIME_STEP_MS))
+        section = np.asarray(self.section, dtype=np.int64)
+        voice = instrument * 128 + pitch  # < 2**12
+        valid = (pitch >= 0) & (pitch <= 127)
+
+        # One integer sort key per note (faster than lexsort): (voice, onset, longest duplicate first).
+        order = np.argsort((voice << 43) | (step << 10) | (1023 - dur_steps), kind="stable")
+        if not valid.all():
+            order = order[valid[order]]
+        v, st, du = voice[order], step[order], dur_steps[order]
+        same_voice = np.r_[False, v[1:] == v[:-1]]
+        duplicate = same_voice & np.r_[False, st[1:] == st[:-1]]
         if duplicate.any():
+            sec = section[order]
+            section = section.copy()
             # A section start must survive deduplication: move it to the kept note.
-            carried = ev.section.copy()
-            for i in np.flatnonzero(duplicate & (ev.section != NO_SECTION)):
+            for i in np.flatnonzero(duplicate & (sec != NO_SECTION)):
                 j = i - 1
                 while duplicate[j]:
                     j -= 1
-                carried[j] = ev.section[i]
-            ev.section = carried
-            ev = ev.take(~duplicate)
-            same_key = np.zeros(len(ev), dtype=bool)
-            same_key[1:] = (ev.instrument[1:] == ev.instrument[:-1]) & (ev.pitch[1:] == ev.pitch[:-1])
-        next_same = np.r_[same_key[1:], False]
-        gap = np.r_[ev.onset_ms[1:] - ev.onset_ms[:-1], 0]
-        cut = next_same & (ev.instrument != DRUM) & (ev.onset_ms + ev.duration_ms > np.r_[ev.onset_ms[1:], 0])
-        ev.duration_ms = np.where(cut, gap, ev.duration_ms)
-        ev = ev.take(np.lexsort((ev.pitch, ev.instrument, ev.onset_ms)))
+                section[order[j]] = sec[i]
+            keep = ~duplicate
+            order, v, st, du = order[keep], v[keep], st[keep], du[keep]
+            same_voice = np.r_[False, v[1:] == v[:-1]]
+        # A note struck again before it ends is cut at the new onset.
+        next_step = np.r_[st[1:], 0]
+        cut = np.r_[same_voice[1:], False] & (st + du > next_step) & (v < DRUM * 128)
+        du = np.where(cut, next_step - st, du)
+
+        final = np.argsort((st << 12) | v, kind="stable")  # by onset, instrument, pitch
+        index = order[final]
+        st = st[final]
+        ev = MusicEvents(st * TIME_STEP_MS, du[final] * TIME_STEP_MS, pitch[index],
+                         quantize_velocity(np.asarray(self.velocity)[index]), instrument[index],
+                         section[index])
         # A section opens at a time, not on one note of a chord: keep it on the first note at that onset.
         opens = np.flatnonzero(ev.section != NO_SECTION)
         if len(opens):
-            first = np.searchsorted(ev.onset_ms, ev.onset_ms[opens], side="left")
-            section = np.full(len(ev), NO_SECTION, dtype=np.int64)
-            section[first] = ev.section[opens]
-            ev.section = section
+            first = np.searchsorted(st, st[opens], side="left")
+            moved = np.full(len(ev), NO_SECTION, dtype=np.int64)
+            moved[first] = ev.section[opens]
+            ev.section = moved
         return ev
 
 

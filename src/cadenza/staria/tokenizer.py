@@ -107,11 +107,13 @@ class StariaTokenizer:
 
     def tokenize_ids(self, x: MidiInput, name: str | None = None) -> np.ndarray:
         """Token ids (int32) of a MIDI input: the same as `encode(tokenize(x))`, but faster."""
-        return self.events_to_ids(self.events(x, name))
+        return self._normalized_events_to_ids(self.events(x, name))
 
     def events_to_ids(self, events: MusicEvents) -> np.ndarray:
-        """Token ids of notes: prefix, <S>, notes with <T> and section tokens, <E> (normalizes first)."""
-        ev = events.normalized()
+        """Token ids of notes: prefix, <S>, notes with <T> and section tokens, <E>."""
+        return self._normalized_events_to_ids(events.normalized())
+
+    def _normalized_events_to_ids(self, ev: MusicEvents) -> np.ndarray:
         n = len(ev)
         is_drum = ev.instrument == DRUM
         segment = ev.onset_ms // SEGMENT_MS
@@ -121,7 +123,7 @@ class StariaTokenizer:
         group_len = n_time + has_section + n_body
         group_start = np.cumsum(group_len) - group_len
 
-        instruments_present = np.unique(ev.instrument)
+        instruments_present = np.flatnonzero(np.bincount(ev.instrument, minlength=len(INSTRUMENTS)))
         head = np.r_[self._prefix_base + instruments_present, self.bos_id].astype(np.int32)
         body = np.empty(int(group_len.sum()), dtype=np.int32)
         # <T> tokens: mark each group's <T> run by position then fill.
