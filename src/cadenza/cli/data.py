@@ -3,3 +3,7 @@
 import typer
 
 app = typer.Typer(no_args_is_help=True)
+
+from cadenza.cli.synth_data import synth  # noqa: E402
+
+app.command("synth")(synth)
