@@ -76,11 +76,13 @@ def test_sections_are_openings_and_repeats_are_the_same_material(synth, real, to
             melodic = section.instrument != DRUM
             n_varied += bool(meta["transpose"] or meta["velocity_shift"])
             # The section is the opening of its source, moved in time and (maybe) varied.
-            assert np.array_equal(section.onset_ms - section.onset_ms[0], opening.onset_ms - opening.onset_ms[0])
+            assert np.array_equal(section.onset_ms - section.onset_ms[0],
+                                  opening.onset_ms - opening.onset_ms[0])
             assert np.array_equal(section.duration_ms, opening.duration_ms)
             assert np.array_equal(section.instrument, opening.instrument)
             assert np.array_equal(section.pitch, opening.pitch + np.where(melodic, meta["transpose"], 0))
-            assert np.array_equal(section.velocity, np.clip(opening.velocity + meta["velocity_shift"], 10, 120))
+            velocity = np.clip(opening.velocity + meta["velocity_shift"], 10, 120)
+            assert np.array_equal(section.velocity, velocity)
         # Every occurrence of a letter replays the first occurrence's notes (over their common length).
         first: dict[str, tuple[MusicEvents, dict]] = {}
         for section, meta in zip(sections, row["sections"]):
@@ -94,7 +96,8 @@ def test_sections_are_openings_and_repeats_are_the_same_material(synth, real, to
             a, b = ref.take(slice(0, n)), section.take(slice(0, n))
             assert np.array_equal(a.onset_ms - a.onset_ms[0], b.onset_ms - b.onset_ms[0])
             assert np.array_equal(a.duration_ms, b.duration_ms)
-            assert np.array_equal(np.where(a.instrument == DRUM, a.pitch, a.pitch + meta["transpose"]), b.pitch)
+            transposed = np.where(a.instrument == DRUM, a.pitch, a.pitch + meta["transpose"])
+            assert np.array_equal(transposed, b.pitch)
         # Sections follow one another in time.
         for prev, nxt in zip(sections[:-1], sections[1:]):
             assert nxt.onset_ms[0] >= prev.end_ms

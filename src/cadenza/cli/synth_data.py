@@ -11,14 +11,16 @@ err = Console(stderr=True)
 
 
 def synth(
-    corpus: Path = typer.Argument(..., help="Real corpus directory (from `cadenza data music21` or `ingest`)."),
+    corpus: Path = typer.Argument(..., help="Real corpus directory (`cadenza data music21` or `ingest`)."),
     out: Path = typer.Argument(..., help="Output corpus directory for the synthetic pieces."),
     per_form: int = typer.Option(100, "--per-form", help="Train pieces per form (val/test get ~1/18 of it)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same corpus and seed give the same pieces."),
 ) -> None:
     """Stitch synthetic pieces of every form (AB, ABA, ABAC, ...) with a section label on every token.
 
-    Each letter of a form takes the opening of its own real source piece; repeated letters replay it (sometimes slightly transposed or louder/softer). Val/test pieces use only val/test sources.
+    Each letter takes the opening of its own real source; repeated letters replay it (maybe varied).
+
+    Val/test pieces use only val/test sources, so evaluation is on unseen material.
     """
     from cadenza.staria.synthetic import synthesize
 

@@ -23,7 +23,9 @@ import numpy as np
 from tqdm import tqdm
 
 from cadenza.staria.cache import REPORT, SPLITS, TokenCache, write_cache
-from cadenza.staria.events import DRUM, MAX_VELOCITY, NO_SECTION, SEGMENT_MS, TIME_STEP_MS, VELOCITY_STEP, MusicEvents
+from cadenza.staria.events import (
+    DRUM, MAX_VELOCITY, NO_SECTION, SEGMENT_MS, TIME_STEP_MS, VELOCITY_STEP, MusicEvents,
+)
 from cadenza.staria.forms import FORM_LABEL_MAP, LETTERS, condense, form_from_labels, form_letters
 from cadenza.staria.tokenizer import StariaTokenizer
 
