@@ -10,7 +10,7 @@ from cadenza.staria.cache import TokenCache
 from cadenza.staria.events import DRUM, NO_SECTION, MusicEvents
 from cadenza.staria.forms import condense
 from cadenza.staria.synthetic import (
-    MAX_TOKENS, opening_notes, section_letters, split_lengths, synthesize,
+    MAX_TOKENS, opening_notes, section_letters, split_lengths, synthesize, varied,
 )
 from cadenza.staria.tokenizer import IGNORE_INDEX
 
@@ -81,7 +81,8 @@ def test_sections_are_openings_and_repeats_are_the_same_material(synth, real, to
             assert np.array_equal(section.duration_ms, opening.duration_ms)
             assert np.array_equal(section.instrument, opening.instrument)
             assert np.array_equal(section.pitch, opening.pitch + np.where(melodic, meta["transpose"], 0))
-            velocity = np.clip(opening.velocity + meta["velocity_shift"], 10, 120)
+            velocity = np.where(melodic, np.clip(opening.velocity + meta["velocity_shift"], 10, 120),
+                                opening.velocity)
             assert np.array_equal(section.velocity, velocity)
         # Every occurrence of a letter replays the first occurrence's notes (over their common length).
         first: dict[str, tuple[MusicEvents, dict]] = {}
@@ -149,6 +150,13 @@ def test_opening_never_splits_a_chord():
     assert opening_notes(events, 12) == 3  # 4 notes would split the chord at 500 ms: cut back to 3
     assert opening_notes(events, 15) == 5
     assert opening_notes(events, 10_000) == n
+
+
+def test_variation_leaves_drums_alone():
+    events = MusicEvents(np.array([0, 0]), np.array([400, 0]), np.array([60, 36]), np.array([120, 120]),
+                         np.array([0, DRUM]), np.full(2, NO_SECTION))
+    out = varied(events, transpose=2, velocity_shift=-10)
+    assert out.pitch.tolist() == [62, 36] and out.velocity.tolist() == [110, 120]
 
 
 def test_too_few_train_sources_is_a_clear_error(real_corpus, tmp_path):

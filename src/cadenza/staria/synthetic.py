@@ -95,10 +95,13 @@ def opening_notes(events: MusicEvents, n_tokens: int) -> int:
 
 
 def varied(events: MusicEvents, transpose: int, velocity_shift: int) -> MusicEvents:
-    """The same notes transposed (drums excepted) and with velocities shifted and clipped to [10, 120]."""
+    """The same notes transposed and with velocities shifted (clipped to [10, 120]); drums stay as they are
+    (a drum's pitch is its instrument, and drum tokens carry no velocity)."""
     out = events.take(slice(None))
-    out.pitch = np.where(out.instrument == DRUM, out.pitch, out.pitch + transpose)
-    out.velocity = np.clip(out.velocity + velocity_shift, VELOCITY_STEP, MAX_VELOCITY)
+    melodic = out.instrument != DRUM
+    out.pitch = np.where(melodic, out.pitch + transpose, out.pitch)
+    shifted = np.clip(out.velocity + velocity_shift, VELOCITY_STEP, MAX_VELOCITY)
+    out.velocity = np.where(melodic, shifted, out.velocity)
     return out
 
 
