@@ -10,8 +10,9 @@ Building runs in two stages, each in a process pool with a progress bar:
    once (same tune under two titles, a collection printed twice).
 
 The result is a `TokenCache` directory (see `cache.py`); every file that was skipped is listed in
-`report.jsonl` with the reason, and nothing fails silently. Manifest paths are relative to OUT when the
-MIDI file lies inside it (music21 exports), absolute otherwise (ingested folders).
+`report.jsonl` with the reason, and nothing fails silently. Paths in the manifest and report are relative
+to OUT when the MIDI file lies inside it (music21 exports), absolute otherwise (ingested folders); a
+report row of the export stage names its music21 corpus file instead ("essenFolksong/han2.abc#374").
 """
 
 from __future__ import annotations
@@ -347,11 +348,11 @@ def build_cache(out_dir: str | Path, pieces: Sequence[Piece], workers: int = 2, 
         try:
             digest = hashlib.sha1(piece.path.read_bytes()).hexdigest()
         except OSError as err:
-            report.append(_skip(piece.source, str(piece.path), "unreadable",
+            report.append(_skip(piece.source, _manifest_path(piece.path, out_dir), "unreadable",
                                 f"{piece.path}: cannot read file ({err.strerror or err})"))
             continue
         if digest in first_with_hash:
-            report.append(_skip(piece.source, str(piece.path), "duplicate",
+            report.append(_skip(piece.source, _manifest_path(piece.path, out_dir), "duplicate",
                                 f"{piece.path}: same bytes as {first_with_hash[digest]}"))
             continue
         first_with_hash[digest] = piece.id
@@ -369,13 +370,14 @@ def build_cache(out_dir: str | Path, pieces: Sequence[Piece], workers: int = 2, 
         if "ids" in result:
             entries.append((piece, digest, result))
         else:
-            report.append(_skip(piece.source, str(piece.path), result["kind"], result["reason"]))
+            where = _manifest_path(piece.path, out_dir)
+            report.append(_skip(piece.source, where, result["kind"], result["reason"]))
 
     rows, arrays, first_with_tokens = [], [], {}
     for piece, digest, result in sorted(entries, key=lambda e: e[0].id):
         token_digest = hashlib.sha1(np.ascontiguousarray(result["ids"], dtype=np.int32).tobytes()).hexdigest()
         if token_digest in first_with_tokens:
-            report.append(_skip(piece.source, str(piece.path), "duplicate",
+            report.append(_skip(piece.source, _manifest_path(piece.path, out_dir), "duplicate",
                                 f"{piece.path}: same tokens as {first_with_tokens[token_digest]}"))
             continue
         first_with_tokens[token_digest] = piece.id
