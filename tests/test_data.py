@@ -11,7 +11,7 @@ from cadenza.staria.data import (
     section_spans, snippet_prompt,
 )
 from cadenza.staria.events import NO_SECTION
-from cadenza.staria.tokenizer import IGNORE_INDEX, K_DRUM, K_NOTE
+from cadenza.staria.tokenizer import IGNORE_INDEX
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_classification_strips_sections_and_aligns_labels(synth_pieces, real_pie
         notes, _ = tok.ids_to_events(ids)
         opens = np.flatnonzero(notes.section != NO_SECTION)
         note_letter = notes.section[opens][np.searchsorted(opens, np.arange(len(notes)), side="right") - 1]
-        note_rows = np.flatnonzero(np.isin(tok._kind[item["input_ids"]], (K_NOTE, K_DRUM)))
+        note_rows = np.flatnonzero(tok.is_note(item["input_ids"]))
         assert np.array_equal(item["section_labels"][note_rows], note_letter)
     batch = Collator("classification", tok.pad_id)(items[:5])
     mask = batch["attention_mask"]

@@ -203,3 +203,16 @@ def test_invalid_files_raise_clear_errors(tok, tmp_path, content, reason):
 def test_missing_file_is_named(tok, tmp_path):
     with pytest.raises(MidiError, match="nope.mid"):
         tok.tokenize(tmp_path / "nope.mid")
+
+
+def test_sections_survive_notes_dropped_by_augmentation(tok):
+    from cadenza.staria.events import MusicEvents
+
+    onset = np.array([0, 500, 1000, 1000, 1500])
+    events = MusicEvents(onset, np.full(5, 400), np.array([60, 62, 125, 64, 65]), np.full(5, 80),
+                         np.zeros(5, dtype=np.int64), np.array([0, -1, 1, -1, -1]))
+    ids = tok.events_to_ids(events)
+    shifted = tok.augment_ids(ids, pitch_shift=5)  # the B section's first note (125) leaves the range
+    assert tok.detokenize(shifted).note_num() == 4
+    assert [m.text for m in tok.detokenize(shifted).markers] == ["A", "B"]
+    assert tok.section_labels(shifted)[-2] == 1

@@ -68,6 +68,5 @@ def write_cache(root: str | Path, rows: list[dict], token_arrays: list[np.ndarra
             f.write(np.asarray(arr, dtype=np.int32).tobytes())
     tmp.replace(root / TOKENS)
     np.save(root / INDEX, np.stack([offsets, lengths], axis=1) if len(rows) else np.zeros((0, 2), np.int64))
-    for row, length in zip(rows, lengths):
-        row["n_tokens"] = int(length)
-    (root / MANIFEST).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = (json.dumps({**row, "n_tokens": int(length)}) + "\n" for row, length in zip(rows, lengths))
+    (root / MANIFEST).write_text("".join(lines))

@@ -112,16 +112,7 @@ class MusicEvents:
         same_voice = np.r_[False, v[1:] == v[:-1]]
         duplicate = same_voice & np.r_[False, st[1:] == st[:-1]]
         if duplicate.any():
-            sec = section[order]
-            section = section.copy()
-            # A section start must survive deduplication: move it to the kept note.
-            for i in np.flatnonzero(duplicate & (sec != NO_SECTION)):
-                j = i - 1
-                while duplicate[j]:
-                    j -= 1
-                section[order[j]] = sec[i]
-            keep = ~duplicate
-            order, v, st, du = order[keep], v[keep], st[keep], du[keep]
+            order, v, st, du = order[~duplicate], v[~duplicate], st[~duplicate], du[~duplicate]
             same_voice = np.r_[False, v[1:] == v[:-1]]
         # A note struck again before it ends is cut at the new onset.
         next_step = np.r_[st[1:], 0]
@@ -131,17 +122,18 @@ class MusicEvents:
         final = np.argsort((st << 12) | v, kind="stable")  # by onset, instrument, pitch
         index = order[final]
         st = st[final]
-        ev = MusicEvents(st * TIME_STEP_MS, du[final] * TIME_STEP_MS, pitch[index],
-                         quantize_velocity(np.asarray(self.velocity)[index]), instrument[index],
-                         section[index])
-        # A section opens at a time, not on one note of a chord: keep it on the first note at that onset.
-        opens = np.flatnonzero(ev.section != NO_SECTION)
+        # Sections open at a time, not on one note: each lands on the first kept note at or after its
+        # opening note's onset (so dropping a duplicate or an out-of-range note never loses a section).
+        opens = np.flatnonzero(section != NO_SECTION)
+        kept_section = np.full(len(index), NO_SECTION, dtype=np.int64)
         if len(opens):
-            first = np.searchsorted(st, st[opens], side="left")
-            moved = np.full(len(ev), NO_SECTION, dtype=np.int64)
-            moved[first] = ev.section[opens]
-            ev.section = moved
-        return ev
+            opens = opens[np.argsort(step[opens], kind="stable")]
+            target = np.searchsorted(st, step[opens], side="left")
+            inside = target < len(st)
+            kept_section[target[inside]] = section[opens[inside]]
+        return MusicEvents(st * TIME_STEP_MS, du[final] * TIME_STEP_MS, pitch[index],
+                           quantize_velocity(np.asarray(self.velocity)[index]), instrument[index],
+                           kept_section)
 
 
 def events_from_raw(raw: RawNotes, section_markers: bool = True) -> MusicEvents:

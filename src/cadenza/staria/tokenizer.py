@@ -126,13 +126,14 @@ class StariaTokenizer:
         instruments_present = np.flatnonzero(np.bincount(ev.instrument, minlength=len(INSTRUMENTS)))
         head = np.r_[self._prefix_base + instruments_present, self.bos_id].astype(np.int32)
         body = np.empty(int(group_len.sum()), dtype=np.int32)
-        # <T> tokens: mark each group's <T> run by position then fill.
+        # A group is [section token] <T>* note: the section token comes first so that the <T> tokens
+        # between two sections carry the new section's label.
+        if has_section.any():
+            body[group_start[has_section]] = self.section_ids[ev.section[has_section]]
         if n_time.any():
-            time_pos = np.repeat(group_start, n_time) + _ranges(n_time)
+            time_pos = np.repeat(group_start + has_section, n_time) + _ranges(n_time)
             body[time_pos] = self.time_id
         note_pos = group_start + n_time + has_section
-        if has_section.any():
-            body[note_pos[has_section] - 1] = self.section_ids[ev.section[has_section]]
         velocity_index = ev.velocity // VELOCITY_STEP - 1
         note_id = self._note_base + (ev.instrument * N_PITCH + ev.pitch) * N_VELOCITY + velocity_index
         body[note_pos] = np.where(is_drum, self._drum_base + ev.pitch, note_id)
@@ -240,6 +241,11 @@ class StariaTokenizer:
         return tok
 
     # ---- sections, forms and augmentation -------------------------------------------------------
+
+    def is_note(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Boolean mask of ids that start a note (melodic or drum)."""
+        kind = self._kind[np.clip(np.asarray(ids, dtype=np.int64), 0, len(self.vocab) - 1)]
+        return (kind == K_NOTE) | (kind == K_DRUM)
 
     def section_token_id(self, letter: str) -> int:
         """Id of `<A_SECTION>` .. `<D_SECTION>`."""
