@@ -155,6 +155,15 @@ def test_ingest_rerun_tokenizes_only_new_content(midi_folder, tmp_path, monkeypa
     assert summary.tokenized == 1 and summary.pieces == len(before) - 1 + 1
 
 
+def test_a_changed_tokenizer_invalidates_the_cache(midi_folder, tmp_path, monkeypatch):
+    out = tmp_path / "corpus"
+    first = ingest_midi_dir(midi_folder, out, workers=0, progress=False)
+    monkeypatch.setattr(corpus, "tokenizer_fingerprint", lambda: "another")
+    again = ingest_midi_dir(midi_folder, out, workers=0, progress=False)
+    assert again.reused == 0 and again.pieces == first.pieces
+    assert {r["tokenizer"] for r in TokenCache(out).rows} == {"another"}
+
+
 def test_split_abc_tunes_keeps_the_file_header():
     data = b"% a book of tunes\nL:1/8\n\nX:1\nT:one\nK:C\nCDEF|\n\nX:2\nT:two\nK:G\nGABc|\n"
     tunes = split_abc_tunes(data)

@@ -6,8 +6,9 @@ Building runs in two stages, each in a process pool with a progress bar:
    music21, folk tunes (multi-tune ABC files) one MIDI per tune through symusic's bundled `abc2midi`.
    Files land under OUT/midi/<source>/...; a MIDI file that already exists is not converted again.
 2. tokenize: every MIDI file is hashed (sha1 of its bytes). A hash already in OUT's manifest reuses its
-   cached token ids; a new one is tokenized. A file whose bytes or tokens equal an earlier file's is kept
-   once (same tune under two titles, a collection printed twice).
+   cached token ids (if the tokenizer is unchanged: see `tokenizer_fingerprint`); a new one is
+   tokenized. A file whose bytes or tokens equal an earlier file's is kept once (the same tune under
+   two titles, a collection printed twice).
 
 The result is a `TokenCache` directory (see `cache.py`); every file that was skipped is listed in
 `report.jsonl` with the reason, and nothing fails silently. Paths in the manifest and report are relative
@@ -234,6 +235,18 @@ def _export(job: ExportJob) -> tuple[str, str] | None:
 _TOKENIZER: StariaTokenizer | None = None
 
 
+def tokenizer_fingerprint() -> str:
+    """A name for the tokenizer's output: hash of its vocab and of tokenizer.py's `TOKENIZER_VERSION`, if any.
+
+    Cached tokens are reused only when their manifest row carries the current fingerprint.
+    """
+    from cadenza.staria import tokenizer as module
+
+    vocab = [list(t) if isinstance(t, tuple) else t for t in StariaTokenizer().vocab]
+    text = json.dumps([vocab, str(getattr(module, "TOKENIZER_VERSION", ""))])
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
 def _tokenize(path: str) -> dict:
     """Token ids, note count and duration of one MIDI file, or {"kind", "reason"} if it is unusable."""
     global _TOKENIZER
@@ -339,7 +352,9 @@ def build_cache(out_dir: str | Path, pieces: Sequence[Piece], workers: int = 2, 
     out_dir.mkdir(parents=True, exist_ok=True)
     report = list(skipped)
     old = _old_cache(out_dir)
-    old_by_hash = {row["hash"]: i for i, row in enumerate(old.rows)} if old else {}
+    fingerprint = tokenizer_fingerprint()
+    old_by_hash = {row["hash"]: i for i, row in enumerate(old.rows)
+                   if row.get("tokenizer") == fingerprint} if old else {}
 
     first_with_hash: dict[str, str] = {}
     todo: list[tuple[Piece, str]] = []
@@ -383,7 +398,8 @@ def build_cache(out_dir: str | Path, pieces: Sequence[Piece], workers: int = 2, 
         first_with_tokens[token_digest] = piece.id
         rows.append({"id": piece.id, "source": piece.source, "path": _manifest_path(piece.path, out_dir),
                      "origin": piece.origin, "hash": digest, "duration_s": result["duration_s"],
-                     "n_notes": result["n_notes"], "n_tokens": len(result["ids"]), "split": split_of(digest)})
+                     "n_notes": result["n_notes"], "n_tokens": len(result["ids"]), "split": split_of(digest),
+                     "tokenizer": fingerprint})
         arrays.append(result["ids"])
     write_cache(out_dir, rows, arrays)
     (out_dir / REPORT).write_text("".join(json.dumps(r) + "\n" for r in report))
