@@ -158,7 +158,7 @@ def test_ingest_rerun_tokenizes_only_new_content(midi_folder, tmp_path, monkeypa
 def test_a_changed_tokenizer_invalidates_the_cache(midi_folder, tmp_path, monkeypatch):
     out = tmp_path / "corpus"
     first = ingest_midi_dir(midi_folder, out, workers=0, progress=False)
-    monkeypatch.setattr(corpus, "tokenizer_fingerprint", lambda: "another")
+    monkeypatch.setattr(StariaTokenizer, "fingerprint", property(lambda self: "another"))
     again = ingest_midi_dir(midi_folder, out, workers=0, progress=False)
     assert again.reused == 0 and again.pieces == first.pieces
     assert {r["tokenizer"] for r in TokenCache(out).rows} == {"another"}

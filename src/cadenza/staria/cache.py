@@ -39,9 +39,10 @@ class TokenCache:
         size = tokens_path.stat().st_size if tokens_path.exists() else 0
         self.tokens = (np.memmap(tokens_path, dtype=np.int32, mode="r") if size
                        else np.zeros(0, dtype=np.int32))
-        if len(self.index) != len(self.rows):
-            raise ValueError(f"{self.root}: {INDEX} has {len(self.index)} rows but {MANIFEST} has "
-                             f"{len(self.rows)}; rebuild the corpus")
+        expected_tokens = int(self.index[-1].sum()) if len(self.index) else 0
+        if len(self.index) != len(self.rows) or expected_tokens != len(self.tokens):
+            raise ValueError(f"{self.root}: {INDEX} ({len(self.index)} rows), {MANIFEST} ({len(self.rows)} "
+                             f"rows) and {TOKENS} ({len(self.tokens)} ids) disagree; rebuild the corpus")
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -62,11 +63,14 @@ def write_cache(root: str | Path, rows: list[dict], token_arrays: list[np.ndarra
     root.mkdir(parents=True, exist_ok=True)
     lengths = np.array([len(a) for a in token_arrays], dtype=np.int64)
     offsets = np.cumsum(lengths) - lengths
-    tmp = root / (TOKENS + ".tmp")
-    with open(tmp, "wb") as f:
+    # All three files go to temporary names first; the manifest is renamed last, so an interrupted
+    # write leaves either the old corpus or the new one (TokenCache also checks they agree).
+    with open(root / (TOKENS + ".tmp"), "wb") as f:
         for arr in token_arrays:
             f.write(np.asarray(arr, dtype=np.int32).tobytes())
-    tmp.replace(root / TOKENS)
-    np.save(root / INDEX, np.stack([offsets, lengths], axis=1) if len(rows) else np.zeros((0, 2), np.int64))
+    with open(root / (INDEX + ".tmp"), "wb") as f:
+        np.save(f, np.stack([offsets, lengths], axis=1) if len(rows) else np.zeros((0, 2), np.int64))
     lines = (json.dumps({**row, "n_tokens": int(length)}) + "\n" for row, length in zip(rows, lengths))
-    (root / MANIFEST).write_text("".join(lines))
+    (root / (MANIFEST + ".tmp")).write_text("".join(lines))
+    for name in (TOKENS, INDEX, MANIFEST):
+        (root / (name + ".tmp")).replace(root / name)

@@ -6,7 +6,7 @@ Building runs in two stages, each in a process pool with a progress bar:
    music21, folk tunes (multi-tune ABC files) one MIDI per tune through symusic's bundled `abc2midi`.
    Files land under OUT/midi/<source>/...; a MIDI file that already exists is not converted again.
 2. tokenize: every MIDI file is hashed (sha1 of its bytes). A hash already in OUT's manifest reuses its
-   cached token ids (if the tokenizer is unchanged: see `tokenizer_fingerprint`); a new one is
+   cached token ids (if the tokenizer is unchanged: see `StariaTokenizer.fingerprint`); a new one is
    tokenized. A file whose bytes or tokens equal an earlier file's is kept once (the same tune under
    two titles, a collection printed twice).
 
@@ -235,18 +235,6 @@ def _export(job: ExportJob) -> tuple[str, str] | None:
 _TOKENIZER: StariaTokenizer | None = None
 
 
-def tokenizer_fingerprint() -> str:
-    """A name for the tokenizer's output: hash of its vocab and of tokenizer.py's `TOKENIZER_VERSION`, if any.
-
-    Cached tokens are reused only when their manifest row carries the current fingerprint.
-    """
-    from cadenza.staria import tokenizer as module
-
-    vocab = [list(t) if isinstance(t, tuple) else t for t in StariaTokenizer().vocab]
-    text = json.dumps([vocab, str(getattr(module, "TOKENIZER_VERSION", ""))])
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
-
-
 def _tokenize(path: str) -> dict:
     """Token ids, note count and duration of one MIDI file, or {"kind", "reason"} if it is unusable."""
     global _TOKENIZER
@@ -352,7 +340,7 @@ def build_cache(out_dir: str | Path, pieces: Sequence[Piece], workers: int = 2, 
     out_dir.mkdir(parents=True, exist_ok=True)
     report = list(skipped)
     old = _old_cache(out_dir)
-    fingerprint = tokenizer_fingerprint()
+    fingerprint = StariaTokenizer().fingerprint
     old_by_hash = {row["hash"]: i for i, row in enumerate(old.rows)
                    if row.get("tokenizer") == fingerprint} if old else {}
 

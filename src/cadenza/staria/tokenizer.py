@@ -9,6 +9,7 @@ over note arrays (see `events.py`), so tokenizing costs little more than parsing
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Iterable, Sequence, Union
@@ -24,6 +25,8 @@ from cadenza.staria.forms import FORM_LABEL_MAP
 from cadenza.staria.midi import MidiInput, load_score, score_to_raw_notes
 
 Token = Union[str, tuple]
+# Bump whenever the ids produced for the same MIDI change: token caches compare it to know they are stale.
+TOKENIZER_VERSION = 2
 
 BOS, EOS, PAD, UNK, DIM, TIME = "<S>", "<E>", "<P>", "<U>", "<D>", "<T>"
 SPECIAL_TOKENS = (BOS, EOS, PAD, UNK, DIM, TIME)
@@ -89,6 +92,13 @@ class StariaTokenizer:
 
     def __len__(self) -> int:
         return len(self.vocab)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short name for this tokenizer's output (vocabulary + TOKENIZER_VERSION), for cache checks."""
+        vocab = [list(t) if isinstance(t, tuple) else t for t in self.vocab]
+        text = json.dumps([vocab, TOKENIZER_VERSION])
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
 
     @property
     def vocab_size(self) -> int:
