@@ -91,7 +91,7 @@ def sentence_hash(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def split_sentences(sentences: list[str], seed: int, eval_fraction: float) -> dict[str, list[str]]:
+def split_sentence_pools(sentences: list[str], seed: int, eval_fraction: float) -> dict[str, list[str]]:
     """Shuffle sentences with the seed and cut val and test pools of `eval_fraction` each."""
     pool = sorted(set(sentences))
     random.Random(f"sentences-{seed}").shuffle(pool)
@@ -150,11 +150,13 @@ def plan_corpus(
         raise ValueError(f"hours must be positive, got {hours}")
     if len({v.id for v in voices}) != len(voices):
         raise ValueError("voice identities must be distinct")
-    pools = split_sentences(sentences, seed, eval_fraction)
+    pools = split_sentence_pools(sentences, seed, eval_fraction)
     speaker_split = split_speakers(voices, seed, eval_fraction)
     total = hours * 3600.0
     others = [v for v in voices if v != JOE]
-    joe_budget = joe_share * total if JOE in voices and others else (total if JOE in voices else 0.0)
+    joe_budget = 0.0
+    if JOE in voices:
+        joe_budget = joe_share * total if others else total
     other_budget = (total - joe_budget) / len(others) if others else 0.0
 
     users: dict[str, list[VoiceIdentity]] = {split: [] for split in SPLITS}  # who reads each pool
