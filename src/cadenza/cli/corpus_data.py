@@ -80,3 +80,26 @@ def ingest(
         err.print(f"[red]error[/red] {e}")
         raise typer.Exit(2)
     _print_summary(summary)
+
+
+def export(
+    corpus: Annotated[Path, typer.Argument(help="Corpus directory (real or synthetic).")],
+    out_dir: Annotated[Path, typer.Argument(help="Directory for the MIDI files.")],
+    form: Annotated[Optional[str], typer.Option(help="Only synthetic pieces of this form, e.g. ABA.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Only this split: train, val or test.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many pieces.")] = 10,
+) -> None:
+    """Write pieces of a corpus back to MIDI (sections as markers "A", "B", ...) to listen to them."""
+    from cadenza.staria.cache import TokenCache
+    from cadenza.staria.tokenizer import StariaTokenizer
+
+    cache, tok = TokenCache(corpus), StariaTokenizer()
+    chosen = [i for i in cache.indices(split) if form is None or cache.rows[i].get("form") == form][:limit]
+    if not chosen:
+        err.print(f"[red]error[/red] {corpus}: no pieces match (form={form}, split={split})")
+        raise typer.Exit(1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i in chosen:
+        name = str(cache.rows[i].get("id", i)).replace("/", "_")
+        tok.detokenize(cache.ids(i)).dump_midi(str(out_dir / f"{name}.mid"))
+    print(f"{len(chosen)} MIDI files written to {out_dir}")

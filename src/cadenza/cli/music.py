@@ -77,3 +77,24 @@ def detokenize(
             err.print(f"{name}: dropped {dropped} invalid tokens")
     err.print(f"{written} MIDI files written to {out_dir}, {skipped} lines skipped")
     raise typer.Exit(1 if skipped else 0)
+
+
+@app.command()
+def render(
+    midi_files: List[Path] = typer.Argument(..., help="MIDI files to render."),
+    out_dir: Path = typer.Option(..., "--out-dir", "-o", help="Directory for NAME.wav files."),
+    sample_rate: int = typer.Option(44100, help="Sample rate of the WAV files."),
+) -> None:
+    """Render MIDI files to WAV with fluidsynth and a General MIDI soundfont."""
+    from cadenza.staria import MidiError
+    from cadenza.staria.midi import render_wav
+
+    failed = 0
+    for path in midi_files:
+        try:
+            wav = render_wav(path, out_dir / f"{path.stem}.wav", sample_rate=sample_rate)
+            err.print(f"{path} -> {wav}")
+        except (MidiError, RuntimeError) as e:
+            failed += 1
+            err.print(f"[red]error[/red] {e}")
+    raise typer.Exit(1 if failed else 0)
