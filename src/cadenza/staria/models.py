@@ -1,0 +1,172 @@
+"""Staria models on x-transformers: section classifier, contrastive snippet encoder, encoder-decoder
+generator and a decoder-only baseline. One config dataclass; presets `tiny` (tests), `small` (shipped),
+`paper` (the published size). The same code builds all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from x_transformers import Decoder, Encoder, TransformerWrapper, XTransformer
+
+from cadenza.staria.forms import FORM_LABEL_MAP
+from cadenza.staria.tokenizer import IGNORE_INDEX, StariaTokenizer
+
+N_SECTIONS = 4
+
+
+@dataclass
+class StariaConfig:
+    """Sizes of every Staria model (encoder = prompt / classifier / contrastive side)."""
+
+    vocab_size: int = len(StariaTokenizer().vocab)
+    dim: int = 256
+    enc_depth: int = 4
+    enc_heads: int = 4
+    dec_depth: int = 6
+    dec_heads: int = 4
+    max_prompt_len: int = 1100  # <PROMPT_START> form + 4 x (section token + 256) + <PROMPT_END>
+    max_seq_len: int = 2048
+    dropout: float = 0.1
+    projection_dim: int = 128  # contrastive embedding size
+
+    def with_overrides(self, **overrides) -> "StariaConfig":
+        """A copy with some fields changed (unknown names are an error)."""
+        unknown = set(overrides) - set(asdict(self))
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return replace(self, **overrides)
+
+
+PRESETS: dict[str, StariaConfig] = {
+    "tiny": StariaConfig(dim=64, enc_depth=1, enc_heads=2, dec_depth=2, dec_heads=2, max_seq_len=512,
+                         max_prompt_len=512, dropout=0.0, projection_dim=32),
+    "small": StariaConfig(),
+    "paper": StariaConfig(dim=1536, enc_depth=6, enc_heads=8, dec_depth=16, dec_heads=24, max_seq_len=4096,
+                          projection_dim=512),
+}
+
+
+def _layer_kwargs(cfg: StariaConfig, depth: int, heads: int) -> dict:
+    """Attention-layer settings shared by every model: rotary positions, no flash (slower on CPU)."""
+    head_dim = cfg.dim // heads
+    return dict(depth=depth, heads=heads, attn_dim_head=head_dim, rotary_pos_emb=True,
+                rotary_emb_dim=min(head_dim, max(32, head_dim // 2)),
+                attn_dropout=cfg.dropout, ff_dropout=cfg.dropout, attn_flash=False)
+
+
+def _encoder(cfg: StariaConfig, max_len: int) -> TransformerWrapper:
+    return TransformerWrapper(num_tokens=cfg.vocab_size, max_seq_len=max_len, use_abs_pos_emb=False,
+                              return_only_embed=True,
+                              attn_layers=Encoder(dim=cfg.dim, **_layer_kwargs(cfg, cfg.enc_depth, cfg.enc_heads)))
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the sequence of hidden states (batch, n, dim) where mask (batch, n) is True."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class SectionClassifier(nn.Module):
+    """Per-token section letter (A-D) and whole-piece form, from a piece without section tokens."""
+
+    def __init__(self, cfg: StariaConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = _encoder(cfg, cfg.max_seq_len)
+        self.section_head = nn.Linear(cfg.dim, N_SECTIONS)
+        self.form_head = nn.Linear(cfg.dim, len(FORM_LABEL_MAP))
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(section logits (batch, n, 4), form logits (batch, n_forms))."""
+        hidden = self.encoder(ids, mask=mask, return_embeddings=True)
+        return self.section_head(hidden), self.form_head(masked_mean(hidden, mask))
+
+
+class SnippetEncoder(nn.Module):
+    """Contrastive encoder: masked mean pool + projection to an L2-normalised embedding."""
+
+    def __init__(self, cfg: StariaConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = _encoder(cfg, cfg.max_prompt_len)
+        self.projection = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.projection_dim))
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Unit-norm embeddings (batch, projection_dim)."""
+        hidden = self.encoder(ids, mask=mask, return_embeddings=True)
+        return F.normalize(self.projection(masked_mean(hidden, mask)), dim=-1)
+
+
+def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """NT-Xent loss for two views (batch, d) of the same items; the other items are the negatives."""
+    z = torch.cat([a, b], dim=0)
+    sim = z @ z.T / temperature
+    sim.fill_diagonal_(float("-inf"))
+    n = a.shape[0]
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(a.device)
+    return F.cross_entropy(sim, targets)
+
+
+class StariaGenerator(nn.Module):
+    """Encoder over the prompt (section snippets), decoder cross-attending to all of it."""
+
+    def __init__(self, cfg: StariaConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        enc = {f"enc_{k}": v for k, v in _layer_kwargs(cfg, cfg.enc_depth, cfg.enc_heads).items()}
+        dec = {f"dec_{k}": v for k, v in _layer_kwargs(cfg, cfg.dec_depth, cfg.dec_heads).items()}
+        # x-transformers silently drops unprefixed kwargs: everything below carries enc_/dec_.
+        self.model = XTransformer(
+            dim=cfg.dim, tie_token_emb=True, ignore_index=IGNORE_INDEX,
+            enc_num_tokens=cfg.vocab_size, enc_max_seq_len=cfg.max_prompt_len, enc_use_abs_pos_emb=False,
+            dec_num_tokens=cfg.vocab_size, dec_max_seq_len=cfg.max_seq_len, dec_use_abs_pos_emb=False,
+            **enc, **dec,
+        )
+        # Input and output embeddings share one table (one token table for encoder, decoder and head).
+        self.decoder.to_logits.weight = self.decoder.token_emb.emb.weight
+
+    @property
+    def encoder(self) -> TransformerWrapper:
+        """The prompt encoder (x-transformers TransformerWrapper)."""
+        return self.model.encoder
+
+    @property
+    def decoder(self) -> TransformerWrapper:
+        """The decoder (x-transformers TransformerWrapper, without its autoregressive wrapper)."""
+        return self.model.decoder.net
+
+    def encode(self, prompt: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """Encoder states (batch, n_prompt, dim) of the prompt."""
+        return self.encoder(prompt, mask=prompt_mask, return_embeddings=True)
+
+    def forward(self, prompt: torch.Tensor, prompt_mask: torch.Tensor, decoder_input: torch.Tensor,
+                decoder_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token logits (batch, n, vocab) for every decoder position."""
+        context = self.encode(prompt, prompt_mask)
+        return self.decoder(decoder_input, mask=decoder_mask, context=context, context_mask=prompt_mask)
+
+
+class DecoderOnlyBaseline(nn.Module):
+    """The comparison model: prompt and piece in one causal sequence (no encoder)."""
+
+    def __init__(self, cfg: StariaConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.decoder = TransformerWrapper(
+            num_tokens=cfg.vocab_size, max_seq_len=cfg.max_prompt_len + cfg.max_seq_len, use_abs_pos_emb=False,
+            tie_embedding=True, attn_layers=Decoder(dim=cfg.dim, **_layer_kwargs(cfg, cfg.dec_depth, cfg.dec_heads)),
+        )
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token logits (batch, n, vocab)."""
+        return self.decoder(ids, mask=mask)
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over target positions that are not IGNORE_INDEX (pads never count)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX)
