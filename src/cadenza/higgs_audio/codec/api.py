@@ -1,0 +1,157 @@
+"""The fixed public API of the audio tokenizer.
+
+    tok = load_audio_tokenizer()            # the shipped model in cadenza/pretrained/codec
+    codes = tok.encode("speech.wav")        # LongTensor (8, T), T = ceil(seconds * 25)
+    wav = tok.decode(codes)                 # float32 numpy at 24 kHz, T * 960 samples
+
+Any sample rate and mono or stereo go in (paths in any format soundfile reads, or arrays with `sr`);
+long inputs are encoded and decoded in overlapping chunks, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cadenza.core.audio import AudioError, PathLike, load_mono, normalize_loudness
+from cadenza.higgs_audio.codec.config import CodecConfig
+from cadenza.higgs_audio.codec.model import Codec
+
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "pretrained" / "codec"
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+
+
+def save_codec(model: Codec, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """Write `model.safetensors` + `config.json` (codec config, plus `extra` under "meta") atomically."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    tmp = out_dir / (WEIGHTS + ".part")
+    save_file(state, str(tmp))
+    os.replace(tmp, out_dir / WEIGHTS)
+    config = {"model_type": "cadenza-codec", **model.cfg.to_dict(), "meta": extra or {}}
+    (out_dir / (CONFIG + ".part")).write_text(json.dumps(config, indent=1) + "\n")
+    os.replace(out_dir / (CONFIG + ".part"), out_dir / CONFIG)
+    return out_dir
+
+
+def load_codec(path: str | Path) -> Codec:
+    """A `Codec` in eval mode from a directory written by `save_codec` (no pickle involved)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / WEIGHTS).exists() or not (path / CONFIG).exists():
+        raise FileNotFoundError(f"{path}: not a codec directory (needs {WEIGHTS} and {CONFIG})")
+    raw = json.loads((path / CONFIG).read_text())
+    raw.pop("model_type", None)
+    raw.pop("meta", None)
+    model = Codec(CodecConfig.from_dict(raw))
+    missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.eval()
+
+
+class AudioTokenizer:
+    """24 kHz speech <-> residual VQ codes (num_codebooks x T at `tps` frames per second)."""
+
+    def __init__(self, model: Codec, device: str | torch.device = "cpu", chunk_seconds: float = 30.0):
+        self.model = model.eval().to(device)
+        self.device = torch.device(device)
+        self.cfg = model.cfg
+        self.chunk_frames = max(1, int(chunk_seconds * self.cfg.frame_rate))
+
+    @property
+    def sampling_rate(self) -> int:
+        """Sample rate of decoded audio (24000)."""
+        return self.cfg.sample_rate
+
+    @property
+    def tps(self) -> int:
+        """Code frames (tokens per codebook) per second (25)."""
+        return int(round(self.cfg.frame_rate))
+
+    @property
+    def num_codebooks(self) -> int:
+        """Residual codebooks per frame (8)."""
+        return self.cfg.num_quantizers
+
+    @property
+    def codebook_size(self) -> int:
+        """Entries per codebook (1024)."""
+        return self.cfg.codebook_size
+
+    @property
+    def hop_length(self) -> int:
+        """Samples per code frame (960)."""
+        return self.cfg.hop_length
+
+    def encode(self, wav_or_path: PathLike | np.ndarray | torch.Tensor, sr: int | None = None,
+               loudness_normalize: bool = False, loudness_threshold: float = -23.0) -> torch.Tensor:
+        """Audio (path, or array at `sr`, mono or stereo) -> LongTensor (num_codebooks, T).
+
+        T = ceil(seconds * tps); audio shorter than one frame gives T = 1. Raises `AudioError`
+        naming the input if it is missing, not audio, empty, or has NaN/inf samples.
+        """
+        if not isinstance(wav_or_path, (str, os.PathLike)) and sr is None:
+            sr = self.sampling_rate  # arrays without a rate are taken to be 24 kHz
+        wav = load_mono(wav_or_path, sr, self.sampling_rate)
+        if loudness_normalize:
+            wav = normalize_loudness(wav, loudness_threshold)
+        x = torch.from_numpy(np.ascontiguousarray(wav))[None].to(self.device)
+        codes = self.model.encode_chunked(x, chunk_frames=self.chunk_frames)
+        return codes[0].long().cpu()
+
+    def _check_codes(self, codes) -> torch.Tensor:
+        codes = torch.as_tensor(np.asarray(codes) if not isinstance(codes, torch.Tensor) else codes)
+        if codes.ndim == 3 and codes.shape[0] == 1:
+            codes = codes[0]
+        if codes.ndim != 2:
+            raise ValueError(f"codes must have shape (num_codebooks, T), got {tuple(codes.shape)}")
+        if codes.dtype.is_floating_point:
+            raise ValueError(f"codes must be integers, got {codes.dtype}")
+        if not 1 <= codes.shape[0] <= self.num_codebooks:
+            raise ValueError(f"codes have {codes.shape[0]} codebooks; this tokenizer has 1..{self.num_codebooks}")
+        if codes.shape[1] == 0:
+            raise ValueError("codes are empty (T = 0)")
+        if int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size:
+            raise ValueError(f"codes must lie in [0, {self.codebook_size - 1}], got [{int(codes.min())}, {int(codes.max())}]")
+        return codes.long().to(self.device)
+
+    def decode(self, codes: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Codes (k, T) or (1, k, T), k <= num_codebooks (the first k) -> float32 audio at 24 kHz, T * 960 samples."""
+        return np.concatenate(list(self.decode_stream(codes, chunk_frames=self.chunk_frames)))
+
+    def decode_stream(self, codes: torch.Tensor | np.ndarray, chunk_frames: int = 25) -> Iterator[np.ndarray]:
+        """Yield float32 audio chunk by chunk (`chunk_frames` code frames each); together equal to `decode`.
+
+        Each chunk needs `lookahead_frames` frames of codes past its end (overlapped chunks, trimmed).
+        """
+        codes = self._check_codes(codes)
+        for audio in self.model.decode_chunks(codes[None], chunk_frames=chunk_frames):
+            yield audio[0].float().cpu().numpy()
+
+    @property
+    def lookahead_frames(self) -> int:
+        """Code frames past a chunk's end that streaming decode needs."""
+        from cadenza.higgs_audio.codec.model import Decoder
+
+        return Decoder.reach_frames(self.cfg)
+
+
+def load_audio_tokenizer(path: str | Path | None = None, device: str = "cpu") -> AudioTokenizer:
+    """The audio tokenizer at `path` (a `save_codec` directory), or the shipped one when None."""
+    path = SHIPPED_DIR if path is None else Path(path)
+    if path == SHIPPED_DIR and not (path / WEIGHTS).exists():
+        raise FileNotFoundError(f"no shipped codec in {SHIPPED_DIR} (train one: `cadenza speech train-codec`)")
+    return AudioTokenizer(load_codec(path), device=device)
+
+
+__all__ = ["AudioTokenizer", "AudioError", "load_audio_tokenizer", "save_codec", "load_codec", "SHIPPED_DIR"]
