@@ -177,23 +177,25 @@ def is_well_formed(tokenizer: StariaTokenizer, ids: np.ndarray, form: str) -> bo
 
 
 def synthesize_piece(form: str, pool: SourcePool, rng: np.random.Generator,
-                     vary_probability: float = 0.5) -> tuple[np.ndarray, list[Section], int, bool]:
+                     vary_probability: float = 0.5,
+                     lengths: tuple[int, int] = (MIN_TOKENS, MAX_TOKENS),
+                     ) -> tuple[np.ndarray, list[Section], int, bool]:
     """Token ids, sections, target length T and well-formedness of one synthetic piece of `form`.
 
     A draw whose labels would not spell the form (a section cut so short that it reads as noise) or
-    that is longer than MAX_TOKENS + 1 is drawn again, up to MAX_ATTEMPTS times.
+    that is longer than the longest allowed length + 1 is drawn again, up to MAX_ATTEMPTS times.
     """
     for _ in range(MAX_ATTEMPTS):
-        ids, sections, total = _draw_piece(form, pool, rng, vary_probability)
-        ok = is_well_formed(pool.tokenizer, ids, form) and len(ids) <= MAX_TOKENS + 1
+        ids, sections, total = _draw_piece(form, pool, rng, vary_probability, lengths)
+        ok = is_well_formed(pool.tokenizer, ids, form) and len(ids) <= lengths[1] + 1
         if ok:
             break
     return ids, sections, total, ok
 
 
 def _draw_piece(form: str, pool: SourcePool, rng: np.random.Generator,
-                vary_probability: float) -> tuple[np.ndarray, list[Section], int]:
-    total = int(rng.integers(MIN_TOKENS, MAX_TOKENS + 1))
+                vary_probability: float, lengths: tuple[int, int]) -> tuple[np.ndarray, list[Section], int]:
+    total = int(rng.integers(lengths[0], lengths[1] + 1))
     parts = split_lengths(total, len(form), rng)
     needs: dict[str, int] = {}
     for letter, part in zip(form, parts):
@@ -231,6 +233,7 @@ def _piece_rng(seed: int, split: str, form: str, k: int) -> np.random.Generator:
 
 def synthesize(corpus: str | Path, out: str | Path, per_form: int = 100, seed: int = 0,
                eval_per_form: int | None = None, vary_probability: float = 0.5,
+               min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS,
                progress: bool = True) -> dict[str, int]:
     """Write a synthetic corpus to `out` (TokenCache format); returns the number of pieces per split.
 
@@ -272,7 +275,7 @@ def synthesize(corpus: str | Path, out: str | Path, per_form: int = 100, seed: i
     jobs = [(split, form, k) for split in SPLITS for form in FORM_LABEL_MAP for k in range(counts[split])]
     for split, form, k in tqdm(jobs, desc="synthesizing", unit="piece", disable=not progress):
         ids, sections, total, ok = synthesize_piece(form, pools[split], _piece_rng(seed, split, form, k),
-                                                    vary_probability)
+                                                    vary_probability, (min_tokens, max_tokens))
         if not ok:
             report.append({"id": f"synth-{split}-{form}-{k}", "reason": f"no well-formed draw in "
                            f"{MAX_ATTEMPTS} attempts (sources too short?); kept the last one"})
@@ -297,5 +300,6 @@ def synthesize(corpus: str | Path, out: str | Path, per_form: int = 100, seed: i
     (out / REPORT).write_text("".join(json.dumps(r) + "\n" for r in report))
     (out / META).write_text(json.dumps({"corpus": str(Path(corpus).resolve()), "per_form": per_form,
                                         "eval_per_form": eval_per_form, "seed": seed,
-                                        "vary_probability": vary_probability, "counts": counts}, indent=1))
+                                        "vary_probability": vary_probability, "counts": counts,
+                                        "min_tokens": min_tokens, "max_tokens": max_tokens}, indent=1))
     return {split: counts[split] * len(FORM_LABEL_MAP) for split in SPLITS}
