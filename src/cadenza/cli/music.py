@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -98,3 +98,29 @@ def render(
             failed += 1
             err.print(f"[red]error[/red] {e}")
     raise typer.Exit(1 if failed else 0)
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    task: str = typer.Argument(..., help="classifier | encoder | decoder (decoder-only baseline) | staria"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides: train.max_steps=100 model.dim=128"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML/JSON config (see configs/)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/checkpoints/last.ckpt."),
+    devices: Optional[int] = typer.Option(None, help="Processes per node (DDP when > 1)."),
+    num_nodes: Optional[int] = typer.Option(None, help="Nodes (SLURM sets this for you)."),
+    strategy: Optional[str] = typer.Option(None, help="auto | ddp"),
+) -> None:
+    """Train a Staria model with Lightning; checkpoints every N steps, --resume continues a killed run.
+
+    The trained weights are exported to RUN_DIR/model (safetensors + config.json).
+    """
+    from cadenza.core.checkpoint import ConfigError
+    from cadenza.staria.train import train as run
+
+    try:
+        export = run(task, config, overrides or [], resume=resume, devices=devices, num_nodes=num_nodes,
+                     strategy=strategy)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        err.print(f"[red]error[/red] {e}")
+        raise typer.Exit(2)
+    err.print(f"model exported to {export}")

@@ -252,6 +252,20 @@ class StariaTokenizer:
 
     # ---- sections, forms and augmentation -------------------------------------------------------
 
+    @property
+    def onset_range(self) -> tuple[int, int]:
+        """[first, last + 1) ids of the onset tokens."""
+        return self._onset_base, self._onset_base + N_STEPS
+
+    @property
+    def duration_range(self) -> tuple[int, int]:
+        """[first, last + 1) ids of the duration tokens."""
+        return self._dur_base, self._dur_base + N_DURATIONS
+
+    def kinds(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Token kind (K_NOTE, K_DRUM, K_ONSET, K_DUR, K_TIME, K_SECTION, ...) of each id."""
+        return self._kind[np.clip(np.asarray(ids, dtype=np.int64), 0, len(self.vocab) - 1)]
+
     def is_note(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Boolean mask of ids that start a note (melodic or drum)."""
         kind = self._kind[np.clip(np.asarray(ids, dtype=np.int64), 0, len(self.vocab) - 1)]

@@ -1,0 +1,75 @@
+"""`cadenza music train TASK --config FILE key=value ...`: one entry point for the four Staria models.
+
+A config has four sections: `model` (a preset name plus any StariaConfig field), `data` (corpora and
+sequence lengths), `task` (the LightningModule's own knobs) and `train` (core.training.TrainConfig).
+When training ends the model is exported to `RUN_DIR/model` (safetensors + config.json).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from cadenza.core.checkpoint import save_pretrained
+from cadenza.core.training import TrainConfig, fit, load_config, train_config
+from cadenza.staria.data import StariaDataModule
+from cadenza.staria.models import PRESETS, StariaConfig
+from cadenza.staria.tasks import TASKS
+
+DATA_TASK = {"classifier": "classification", "encoder": "contrastive", "decoder": "generative",
+             "staria": "generative"}
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "classifier": {"form_weight": 0.2},
+    "encoder": {"temperature": 0.1},
+    "decoder": {},
+    "staria": {"prompt_dropout": 0.1},
+}
+
+
+def default_config(task: str) -> dict[str, Any]:
+    """Every key a config for `task` may set, with its default (unset model fields come from the preset)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    return {
+        "model": {"preset": "small", **{f.name: None for f in fields(StariaConfig)}},
+        "data": {"corpora": [], "max_seq_len": 1024, "snippet_len": 256, "form_token": True,
+                 "samples_per_epoch": None},
+        "task": dict(TASK_DEFAULTS[task]),
+        "train": asdict(TrainConfig()),
+    }
+
+
+def model_config(section: dict[str, Any]) -> StariaConfig:
+    """The preset named in `section` with the fields the section sets."""
+    section = dict(section)
+    preset = section.pop("preset")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    return PRESETS[preset].with_overrides(**{k: v for k, v in section.items() if v is not None})
+
+
+def train(task: str, config_path: str | Path | None = None, overrides: list[str] = (),
+          resume: bool = False, **train_changes: Any) -> Path:
+    """Train one Staria model; returns the export directory. `train_changes` override TrainConfig fields."""
+    cfg = load_config(config_path, list(overrides), defaults=default_config(task))
+    model_cfg = model_config(cfg["model"])
+    train_cfg = train_config(cfg["train"], **{k: v for k, v in train_changes.items() if v is not None})
+    data = cfg["data"]
+    if not data["corpora"]:
+        raise ValueError("data.corpora is empty: give corpus directories in the config or as an override, "
+                         "e.g. 'data.corpora=[data/synth]'")
+    datamodule = StariaDataModule(
+        data["corpora"], task=DATA_TASK[task], batch_size=train_cfg.batch_size,
+        max_seq_len=min(data["max_seq_len"], model_cfg.max_seq_len), prompt=DATA_TASK[task] == "generative",
+        form_token=data["form_token"], snippet_len=data["snippet_len"], num_workers=train_cfg.num_workers,
+        samples_per_epoch=data["samples_per_epoch"],
+    )
+    module = TASKS[task](model_cfg, train_cfg, **cfg["task"])
+    run_dir = Path(train_cfg.run_dir)
+    trainer = fit(module, datamodule, train_cfg, run_dir, resume=resume)
+    export = run_dir / "model"
+    if trainer.is_global_zero:
+        save_pretrained(module.model, model_cfg, export,
+                        extra={"task": task, "step": trainer.global_step, "config": cfg})
+    return export
