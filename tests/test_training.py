@@ -199,6 +199,59 @@ def test_resume_without_checkpoint_starts_fresh_and_keeps_newest(tmp_path, capsy
         assert torch.equal(state_dict[name], weight)
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resumable_dataloader_continues_mid_epoch(num_workers):
+    def loader() -> ResumableDataLoader:
+        return ResumableDataLoader(list(range(20)), batch_size=4, shuffle=True, seed=3, num_workers=num_workers,
+                                   persistent_workers=num_workers > 0)
+
+    first = loader()
+    first.sampler.set_epoch(1)
+    epoch = [batch.tolist() for batch in first]
+    assert sorted(i for batch in epoch for i in batch) == list(range(20)) and epoch != sorted(epoch)
+    iterator = iter(first)
+    seen = [next(iterator).tolist() for _ in range(2)]
+    state = first.state_dict()
+    assert state == {"yielded": 2, "epoch": 1}
+
+    resumed = loader()
+    resumed.load_state_dict(state)  # what Lightning does before iterating on resume
+    assert len(resumed) == 5
+    assert seen + [batch.tolist() for batch in resumed] == epoch
+    assert [batch.tolist() for batch in resumed] == epoch  # the next pass is whole again
+
+
+class TwoOptimizers(TinyRegressor):
+    """Manual optimization with two optimizers, like a codec's generator/discriminator pair."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__(cfg)
+        self.automatic_optimization = False
+        self.other = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        _, x, y = batch
+        for optimizer, net in zip(self.optimizers(), (self.net, self.other)):
+            loss = torch.nn.functional.mse_loss(net(x), y)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+
+    def configure_optimizers(self):
+        return [torch.optim.AdamW(self.net.parameters()), torch.optim.AdamW(self.other.parameters())]
+
+
+def test_manual_optimization_checkpoints(tmp_path):
+    cfg = tiny_cfg(max_steps=6, checkpoint_every_n_steps=2, grad_clip=1.0, accumulate=2)  # both ignored here
+    module = TwoOptimizers(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(module, TinyData(cfg), cfg, tmp_path)
+    assert module.trainer.global_step == 6  # two optimizer steps per batch
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
+    assert names == ["last.ckpt", "step0000002.ckpt", "step0000004.ckpt", "step0000006.ckpt"]
+
+
 def test_make_trainer_precision_ddp_backend_and_slurm(tmp_path, monkeypatch):
     for name in [k for k in os.environ if k.startswith("SLURM_")]:
         monkeypatch.delenv(name)

@@ -183,10 +183,14 @@ class EpochRandomSampler(RandomSampler):
 
 
 class _SkipFirst:
-    """Batch indices without the first `n` batches: a resumed epoch skips what it already trained on."""
+    """Batch indices without the first `n` batches: a resumed epoch skips what it already trained on.
 
-    def __init__(self, index_sampler: Any, n: int) -> None:
-        self.index_sampler, self.n = index_sampler, n
+    `n` is read when iteration starts; the loader sets it only while creating the resumed epoch's iterator
+    (an iterator with persistent workers keeps this object and re-iterates it in later epochs).
+    """
+
+    def __init__(self, index_sampler: Any) -> None:
+        self.index_sampler, self.n = index_sampler, 0
 
     def __iter__(self) -> Iterator[Any]:
         return itertools.islice(iter(self.index_sampler), self.n, None)
@@ -203,7 +207,10 @@ class ResumableDataLoader(DataLoader):
     loading them. `shuffle=True` uses `EpochRandomSampler`, so the order itself is reproducible too.
     """
 
-    def __init__(self, dataset: Any, *args: Any, shuffle: bool | None = None, seed: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, dataset: Any, batch_size: int | None = 1, shuffle: bool | None = None, *, seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         if isinstance(dataset, IterableDataset):
             raise TypeError("ResumableDataLoader needs a map-style dataset (an IterableDataset keeps its own state)")
         self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed
@@ -212,29 +219,30 @@ class ResumableDataLoader(DataLoader):
             shuffle = None
         # Every new iterator draws a worker base seed; from a private generator, not the global RNG, so
         # that restarting an epoch on resume leaves the global RNG (dropout, augmentation) where it was.
-        if kwargs.get("generator") is None:
+        self._own_generator = kwargs.get("generator") is None
+        if self._own_generator:
             kwargs["generator"] = torch.Generator()
-        super().__init__(dataset, *args, shuffle=shuffle, **kwargs)
+        super().__init__(dataset, batch_size=batch_size, shuffle=shuffle, **kwargs)
         self._yielded = 0  # batches handed out in the current epoch
         self._resume_skip = 0  # batches to skip at the next iteration (set by load_state_dict)
-        self._skipping = 0
+        self._skipper = _SkipFirst(super()._index_sampler)
 
     @property
     def _index_sampler(self) -> Any:
-        sampler = super()._index_sampler
-        return _SkipFirst(sampler, self._skipping) if getattr(self, "_skipping", 0) else sampler
+        return self._skipper if hasattr(self, "_skipper") else super()._index_sampler
 
     def __len__(self) -> int:
         return len(super()._index_sampler)  # always the full epoch, as Lightning's progress counters expect
 
     def __iter__(self) -> Iterator[Any]:
         skip, self._resume_skip = self._resume_skip, 0
-        self.generator.manual_seed(self.seed + int(getattr(self.sampler, "epoch", 0)))
-        self._skipping = skip
+        if self._own_generator:
+            self.generator.manual_seed(self.seed + int(getattr(self.sampler, "epoch", 0)))
+        self._skipper.n = skip
         try:
             iterator = super().__iter__()
         finally:
-            self._skipping = 0
+            self._skipper.n = 0
         self._yielded = skip
         for batch in iterator:
             self._yielded += 1
