@@ -124,3 +124,8 @@ def train(
         err.print(f"[red]error[/red] {e}")
         raise typer.Exit(2)
     err.print(f"model exported to {export}")
+
+
+from cadenza.cli.music_evaluate import evaluate  # noqa: E402
+
+app.command("evaluate")(evaluate)
