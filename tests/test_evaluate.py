@@ -17,7 +17,6 @@ from cadenza.staria.evaluate import (
     split_sections, onset_roll, empty_beat_rate,
 )
 from cadenza.staria.events import NO_SECTION, MusicEvents, events_to_score
-from cadenza.staria.forms import condense
 
 FORMS = ("ABA", "ABAB", "ABAC", "ABCA", "AABB")
 tok = StariaTokenizer()
@@ -214,7 +213,6 @@ def test_classifier_hook_and_perplexity(synthetic_pieces):
     with pytest.raises(ValueError, match="shape"):
         recovered_form_by_classifier(lambda x: np.zeros((3, 4)), ids)
     assert perplexity(lambda x: (2.0 * len(x), len(x)), [ids, ids[:10]])["perplexity"] == pytest.approx(math.e ** 2)
-    assert condense("AABB") == "AB"
 
 
 # ---- directories and the CLI ------------------------------------------------------------------------
