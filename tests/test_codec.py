@@ -1,0 +1,203 @@
+"""The audio tokenizer: shapes, any rate / channels in, bad input, chunked = whole, save/load, training.
+
+Every test uses a tiny randomly initialised codec (configs/codec_tiny.yaml sizes), never the shipped one
+unless the test is about it.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from cadenza.core.audio import AudioError
+from cadenza.higgs_audio.codec import load_audio_tokenizer
+from cadenza.higgs_audio.codec.api import SHIPPED_DIR, load_codec, save_codec
+from cadenza.higgs_audio.codec.config import CodecConfig
+from cadenza.higgs_audio.codec.model import Codec, Decoder
+from cadenza.higgs_audio.codec.training import load_train_config
+
+torch.set_num_threads(1)  # tiny models: threads only add overhead (and fight other work on 2 cores)
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "codec_tiny.yaml"
+SR = 24000
+
+
+def tiny_config() -> CodecConfig:
+    return load_train_config(TINY_CONFIG).model
+
+
+def build_tiny_codec(out_dir: Path) -> Path:
+    """A random tiny codec whose codebooks are k-means initialised on noise, saved to out_dir."""
+    torch.manual_seed(0)
+    model = Codec(tiny_config())
+    model.train()
+    model.cfg.quantizer_dropout, p = 0.0, model.cfg.quantizer_dropout
+    with torch.no_grad():
+        model(torch.randn(2, 48000) * 0.1)
+    model.cfg.quantizer_dropout = p
+    return save_codec(model.eval(), out_dir)
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return load_audio_tokenizer(build_tiny_codec(tmp_path_factory.mktemp("codec")))
+
+
+def speechlike(seconds: float, sr: int = SR, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 120 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    voiced = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / sr) / k for k in range(1, 8))
+    return (0.2 * voiced * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def test_api_properties(tok):
+    assert (tok.sampling_rate, tok.tps, tok.num_codebooks, tok.codebook_size) == (24000, 25, 8, 1024)
+
+
+def test_encode_decode_shapes(tok):
+    codes = tok.encode(speechlike(1.0), sr=SR)
+    assert codes.dtype == torch.long and tuple(codes.shape) == (8, 25)
+    assert int(codes.min()) >= 0 and int(codes.max()) < 1024
+    audio = tok.decode(codes)
+    assert audio.dtype == np.float32 and audio.shape == (25 * 960,) and np.isfinite(audio).all()
+    assert tuple(tok.encode(speechlike(1.01), sr=SR).shape) == (8, 26)  # ceil(seconds * 25)
+
+
+@pytest.mark.parametrize("sr", [8000, 16000, 44100, 48000])
+def test_any_sample_rate(tok, sr):
+    assert tuple(tok.encode(speechlike(0.8, sr), sr=sr).shape) == (8, 20)
+
+
+def test_stereo_in(tok, tmp_path):
+    mono = speechlike(0.8)
+    stereo = np.stack([mono, mono], axis=1)
+    ref = tok.encode(mono, sr=SR)
+    assert torch.equal(tok.encode(stereo, sr=SR), ref)
+    assert torch.equal(tok.encode(stereo.T.copy(), sr=SR), ref)  # (channels, samples)
+    sf.write(tmp_path / "stereo.wav", stereo, SR, subtype="FLOAT")
+    assert torch.equal(tok.encode(tmp_path / "stereo.wav"), ref)
+    assert torch.equal(tok.encode(torch.from_numpy(mono), sr=SR), ref)
+
+
+def test_silence_and_tiny_inputs(tok):
+    codes = tok.encode(np.zeros(SR, np.float32), sr=SR)
+    assert tuple(codes.shape) == (8, 25) and np.isfinite(tok.decode(codes)).all()
+    assert tuple(tok.encode(np.full(10, 0.1, np.float32), sr=SR).shape) == (8, 1)
+
+
+def test_bad_inputs_raise_clear_errors(tok, tmp_path):
+    with pytest.raises(AudioError, match="empty"):
+        tok.encode(np.zeros(0, np.float32), sr=SR)
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        tok.encode(np.array([0.0, np.nan] * 100, np.float32), sr=SR)
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        tok.encode(np.array([0.0, np.inf] * 100, np.float32), sr=SR)
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"definitely not a wav file" * 10)
+    with pytest.raises(AudioError, match="junk.wav"):
+        tok.encode(junk)
+    with pytest.raises(AudioError, match="no such file"):
+        tok.encode(tmp_path / "missing.wav")
+
+
+def test_bad_codes_raise_clear_errors(tok):
+    good = tok.encode(speechlike(0.4), sr=SR)
+    for bad, words in [(good + 1024, "must lie in"), (good.float(), "integers"), (good[0], "shape"),
+                       (good[:, :0], "empty"), (torch.cat([good, good]), "codebooks")]:
+        with pytest.raises(ValueError, match=words):
+            tok.decode(bad)
+
+
+def test_fewer_codebooks_decode(tok):
+    codes = tok.encode(speechlike(0.8), sr=SR)
+    for k in (1, 4, 8):
+        assert tok.decode(codes[:k]).shape == (20 * 960,)
+    assert tok.decode(codes.numpy().astype(np.int16)[None]).shape == (20 * 960,)  # (1, 8, T) numpy
+
+
+def test_chunked_decode_matches_whole(tok):
+    codes = tok.encode(speechlike(3.0), sr=SR)
+    whole = tok.model.decode(codes[None])[0].numpy()
+    for chunk in (4, 25):
+        chunks = list(tok.decode_stream(codes, chunk_frames=chunk))
+        assert len(chunks) == -(-75 // chunk)
+        assert np.allclose(np.concatenate(chunks), whole, atol=1e-5)
+    assert tok.lookahead_frames == Decoder.reach_frames(tok.cfg)
+
+
+def test_chunked_encode_matches_whole(tok):
+    x = torch.from_numpy(speechlike(4.0))[None]
+    whole = tok.model.encode(x)
+    chunked = tok.model.encode_chunked(x, chunk_frames=20)
+    assert chunked.shape == whole.shape
+    assert (chunked == whole).float().mean() > 0.99  # float ties aside, identical
+
+
+def test_ten_minute_file_is_encoded_in_bounded_chunks(tok, tmp_path, monkeypatch):
+    path = tmp_path / "long.wav"
+    seconds = 600
+    with sf.SoundFile(path, "w", 16000, 1, subtype="PCM_16") as f:
+        for k in range(seconds // 30):
+            f.write(speechlike(30.0, 16000, seed=k))
+    sizes = []
+    encode = tok.model.encode
+    monkeypatch.setattr(tok.model, "encode", lambda wav, n_q=None: sizes.append(wav.shape[-1]) or encode(wav, n_q))
+    codes = tok.encode(path)
+    assert tuple(codes.shape) == (8, seconds * 25)
+    assert max(sizes) <= (tok.chunk_frames + 2 * 40) * 960  # never the whole file at once
+    assert len(tok.decode(codes[:, :100])) == 100 * 960
+
+
+def test_save_load_roundtrip(tok, tmp_path):
+    save_codec(tok.model, tmp_path / "copy")
+    again = load_audio_tokenizer(tmp_path / "copy")
+    x = speechlike(0.8)
+    assert torch.equal(again.encode(x, sr=SR), tok.encode(x, sr=SR))
+    assert json.loads((tmp_path / "copy" / "config.json").read_text())["num_quantizers"] == 8
+    with pytest.raises(FileNotFoundError, match="not a codec directory"):
+        load_codec(tmp_path)
+
+
+def test_config_rejects_unknown_keys(tmp_path):
+    with pytest.raises(ValueError, match="unknown codec config keys: colour"):
+        CodecConfig.from_dict({"colour": 1})
+    with pytest.raises(ValueError, match="section.key=value"):
+        load_train_config(TINY_CONFIG, ["max_steps=3"])
+
+
+def test_training_runs_resumes_and_exports(tmp_path):
+    from cadenza.higgs_audio.codec.training import train_codec
+
+    rows = []
+    for k in range(4):
+        rel = f"audio/s{k % 2}/{k}.wav"
+        (tmp_path / "corpus" / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(tmp_path / "corpus" / rel, speechlike(1.0, seed=k), SR)
+        rows.append({"id": str(k), "audio": rel, "text": "hi", "speaker": f"s{k % 2}", "duration": 1.0,
+                     "sample_rate": SR, "split": "train" if k < 3 else "val"})
+    manifest = tmp_path / "corpus" / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_train_config(TINY_CONFIG, [f"data.manifest={manifest}", "optim.max_steps=2"])
+    run = tmp_path / "run"
+    export = train_codec(cfg, run, progress=False)
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    with pytest.raises(FileExistsError):
+        train_codec(cfg, run, progress=False)
+    cfg.optim.max_steps = 3
+    train_codec(cfg, run, resume=True, progress=False)
+    tok = load_audio_tokenizer(export)
+    assert json.loads((export / "config.json").read_text())["meta"]["step"] == 3
+    assert tuple(tok.encode(speechlike(0.4), sr=SR).shape) == (8, 10)
+
+
+@pytest.mark.skipif(not (SHIPPED_DIR / "model.safetensors").exists(), reason="no shipped codec yet")
+def test_shipped_codec_loads():
+    tok = load_audio_tokenizer()
+    assert (tok.sampling_rate, tok.tps, tok.num_codebooks, tok.codebook_size) == (24000, 25, 8, 1024)
+    assert tuple(tok.encode(speechlike(0.4), sr=SR).shape) == (8, 10)
+    assert (SHIPPED_DIR / "MODEL_CARD.md").exists()
+    size = sum(p.stat().st_size for p in SHIPPED_DIR.iterdir())
+    assert size < 40 * 2**20
