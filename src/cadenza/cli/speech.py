@@ -40,3 +40,136 @@ def train_codec_cmd(
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"trained codec exported to {export}")
+
+
+@app.command("export-codec")
+def export_codec_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="Lightning checkpoint (.ckpt) of a train-codec run.")],
+    out_dir: Annotated[Path, typer.Argument(help="Directory for model.safetensors + config.json.")],
+) -> None:
+    """Turn a training checkpoint into the shipped format (safetensors + config.json, no pickle)."""
+    from cadenza.higgs_audio.codec.api import save_codec
+    from cadenza.higgs_audio.codec.training import CodecModule
+
+    if not checkpoint.exists():
+        _fail(f"{checkpoint}: no such checkpoint")
+    module = CodecModule.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=False)
+    import torch
+
+    step = int(torch.load(str(checkpoint), map_location="cpu", weights_only=False).get("global_step", -1))
+    save_codec(module.codec, out_dir, extra={"step": step, "checkpoint": checkpoint.name})
+    typer.echo(f"{checkpoint} (step {step}) -> {out_dir}")
+
+
+def _load_tokenizer(model: Path | None):
+    from cadenza.higgs_audio.codec.api import load_audio_tokenizer
+
+    try:
+        return load_audio_tokenizer(model)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+
+
+def _out_names(paths: list[Path], suffix: str) -> dict[Path, str]:
+    """NAME + suffix per input; inputs whose names collide get their parent folder prepended."""
+    stems: dict[str, int] = {}
+    for p in paths:
+        stems[p.stem] = stems.get(p.stem, 0) + 1
+    return {p: (f"{p.parent.name}_{p.stem}" if stems[p.stem] > 1 else p.stem) + suffix for p in paths}
+
+
+@codec_app.command("encode")
+def codec_encode(
+    wavs: Annotated[list[Path], typer.Argument(help="Audio files (any format soundfile reads, any rate, mono/stereo).")],
+    out_dir: Annotated[Path, typer.Option(help="Where NAME.npy files go.")],
+    codebooks: Annotated[int | None, typer.Option(help="Keep the first K codebooks (lower bitrate); default all 8.")] = None,
+    model: ModelOption = None,
+) -> None:
+    """Encode audio files to codes: NAME.npy, an int16 array (K, T) at 25 frames/s (K = 8 by default).
+
+    With --codebooks K < 8 the file holds only the first K rows (the coarse codebooks); `decode`
+    reads any K from 1 to 8. A bad file is reported and skipped; the exit code is 1 if any failed.
+    """
+    import numpy as np
+
+    from cadenza.core.audio import AudioError
+
+    tok = _load_tokenizer(model)
+    if codebooks is not None and not 1 <= codebooks <= tok.num_codebooks:
+        _fail(f"--codebooks must be between 1 and {tok.num_codebooks}, got {codebooks}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for path, name in _out_names(wavs, ".npy").items():
+        try:
+            codes = tok.encode(path)[: codebooks or tok.num_codebooks]
+        except (AudioError, FileNotFoundError, ValueError, RuntimeError) as exc:
+            failed += 1
+            typer.echo(f"failed: {exc}", err=True)
+            continue
+        np.save(out_dir / name, codes.numpy().astype(np.int16))
+        typer.echo(f"{path} -> {out_dir / name} {tuple(codes.shape)}")
+    if failed:
+        typer.echo(f"{failed} of {len(wavs)} files failed", err=True)
+        raise typer.Exit(1)
+
+
+@codec_app.command("decode")
+def codec_decode(
+    npys: Annotated[list[Path], typer.Argument(help="Code files (K, T) written by `codec encode`.")],
+    out_dir: Annotated[Path, typer.Option(help="Where NAME.wav files (24 kHz mono) go.")],
+    model: ModelOption = None,
+) -> None:
+    """Decode code files to 24 kHz wavs; a bad file is reported and skipped, exit 1 if any failed."""
+    import numpy as np
+
+    from cadenza.core.audio import write_audio
+
+    tok = _load_tokenizer(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for path, name in _out_names(npys, ".wav").items():
+        try:
+            codes = np.load(path, allow_pickle=False)
+            audio = tok.decode(codes)
+        except (OSError, ValueError, EOFError) as exc:
+            failed += 1
+            typer.echo(f"failed: {path}: {exc}", err=True)
+            continue
+        write_audio(out_dir / name, audio, tok.sampling_rate)
+        typer.echo(f"{path} -> {out_dir / name} ({len(audio) / tok.sampling_rate:.2f} s)")
+    if failed:
+        typer.echo(f"{failed} of {len(npys)} files failed", err=True)
+        raise typer.Exit(1)
+
+
+@app.command("eval-codec")
+def eval_codec_cmd(
+    manifest: Annotated[Path, typer.Option(help="Speech corpus manifest.jsonl.")] = Path("data/speech/manifest.jsonl"),
+    split: Annotated[str, typer.Option(help="Manifest split to evaluate (held-out sentences).")] = "test",
+    model: ModelOption = None,
+    per_group: Annotated[int, typer.Option(help="Clips from seen speakers and from unseen speakers each.")] = 24,
+    festival: Annotated[int, typer.Option(help="Clips per Festival voice (held-out voices, made at eval time); 0 = none.")] = 8,
+    out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for picking clips.")] = 0,
+) -> None:
+    """Resynthesis quality on held-out speech: Whisper WER (original vs resynth), speaker similarity, PESQ, STOI."""
+    import json
+    from dataclasses import asdict
+
+    from cadenza.higgs_audio.codec.evaluate import evaluate_codec, festival_clips, format_table, manifest_clips
+
+    tok = _load_tokenizer(model)
+    if not manifest.exists():
+        _fail(f"{manifest}: no such manifest")
+    clips = manifest_clips(manifest, split, per_group, seed)
+    if festival:
+        sentences = list(dict.fromkeys(c.text for c in clips))
+        clips += festival_clips(sentences, Path("runs/festival_eval"), festival)
+    if not clips:
+        _fail(f"no clips in split {split!r} of {manifest}")
+    report = evaluate_codec(tok, clips, model_name=str(model or "shipped"))
+    typer.echo(format_table(report))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(asdict(report), indent=1) + "\n")
+        typer.echo(f"report written to {out}")
