@@ -139,6 +139,30 @@ def split_abc_tunes(data: bytes) -> list[bytes]:
     return [header + b"".join(lines[a:b]) for a, b in zip(starts, starts[1:] + [len(lines)])]
 
 
+def random_folk_tunes(count: int, seed: int, out_dir: str | Path) -> list[Path]:
+    """MIDI files of `count` distinct random folk tunes of the music21 corpus (ABC via abc2midi), written
+    to `out_dir`: ready-made material for prompts when the user brings none."""
+    root, out_dir = music21_corpus_dir(), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = sorted(f for collection in FOLK_COLLECTIONS for f in (root / collection).rglob("*.abc"))
+    rng = np.random.default_rng(seed)
+    found: list[Path] = []
+    for file_index in rng.permutation(len(files)):
+        tunes = split_abc_tunes(files[file_index].read_bytes())
+        if not tunes:
+            continue
+        n = int(rng.integers(len(tunes)))
+        out = out_dir / f"{files[file_index].stem}-{n + 1:04d}.mid"
+        try:
+            _abc_to_midi(tunes[n], out)
+        except (RuntimeError, subprocess.TimeoutExpired):
+            continue
+        found.append(out)
+        if len(found) == count:
+            return found
+    raise RuntimeError(f"only {len(found)} of {count} folk tunes could be converted")
+
+
 def _export_jobs(source: str, out_dir: Path) -> list[ExportJob]:
     root = music21_corpus_dir()
     midi_dir = out_dir / "midi" / source

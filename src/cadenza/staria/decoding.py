@@ -110,6 +110,16 @@ class CachedDecoder:
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, state: "DecodeState") -> torch.Tensor:
         """Logits (batch, vocab) after feeding `tokens` (batch, n) at the next n positions."""
+        return self.logits(self.hidden(tokens, state))
+
+    def logits(self, hidden: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """Output logits of final hidden states, for all ids or only the id range `rows` (the grammar
+        often allows only onsets or only durations: computing 500 logits instead of 25k)."""
+        return hidden @ self.to_logits[rows].T
+
+    @torch.inference_mode()
+    def hidden(self, tokens: torch.Tensor, state: "DecodeState") -> torch.Tensor:
+        """Final-norm hidden state (batch, dim) of the last of `tokens` (batch, n) fed at the next n positions."""
         batch, n = tokens.shape
         start = state.length
         end = start + n
@@ -135,8 +145,7 @@ class CachedDecoder:
                 continue
             h = h + attn.transpose(1, 2).reshape(batch, n, -1) @ block.out.T
         state.length = end
-        last = F.layer_norm(h[:, -1], (self.dim,), weight=self.final_norm)
-        return last @ self.to_logits.T
+        return F.layer_norm(h[:, -1], (self.dim,), weight=self.final_norm)
 
 
 def _layer_norm_weight(norm: nn.Module) -> torch.Tensor:

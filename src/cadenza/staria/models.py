@@ -111,7 +111,7 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1) -> torch
     return F.cross_entropy(sim, targets)
 
 
-class StariaGenerator(nn.Module):
+class StariaSeq2Seq(nn.Module):
     """Encoder over the prompt (section snippets), decoder cross-attending to all of it."""
 
     def __init__(self, cfg: StariaConfig) -> None:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from cadenza.core.training import TrainConfig, configure_optimizers
 from cadenza.staria.models import (
-    DecoderOnlyBaseline, SectionClassifier, SnippetEncoder, StariaConfig, StariaGenerator, nt_xent, token_loss,
+    DecoderOnlyBaseline, SectionClassifier, SnippetEncoder, StariaConfig, StariaSeq2Seq, nt_xent, token_loss,
 )
 from cadenza.staria.tokenizer import IGNORE_INDEX, K_DRUM, K_NOTE, K_ONSET, StariaTokenizer
 
@@ -152,7 +152,7 @@ class GeneratorTask(_Task):
 
     def __init__(self, model_cfg: StariaConfig, train_cfg: TrainConfig, prompt_dropout: float = 0.1) -> None:
         super().__init__(model_cfg, train_cfg)
-        self.model = StariaGenerator(model_cfg)
+        self.model = StariaSeq2Seq(model_cfg)
         self.prompt_dropout = prompt_dropout
         self.loss_fn = GrammarLoss(StariaTokenizer())
 

@@ -266,6 +266,14 @@ class StariaTokenizer:
         """Token kind (K_NOTE, K_DRUM, K_ONSET, K_DUR, K_TIME, K_SECTION, ...) of each id."""
         return self._kind[np.clip(np.asarray(ids, dtype=np.int64), 0, len(self.vocab) - 1)]
 
+    def instrument_prefix(self, ids: Sequence[int] | np.ndarray) -> list[int]:
+        """Prefix token ids of the instruments (drum kit included) that play in `ids`."""
+        ids = np.asarray(ids, dtype=np.int64)
+        kind = self.kinds(ids)
+        melodic = (ids[kind == K_NOTE] - self._note_base) // (N_PITCH * N_VELOCITY)
+        present = set(melodic.tolist()) | ({DRUM} if (kind == K_DRUM).any() else set())
+        return [self._prefix_base + i for i in sorted(present)]
+
     def is_note(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Boolean mask of ids that start a note (melodic or drum)."""
         kind = self._kind[np.clip(np.asarray(ids, dtype=np.int64), 0, len(self.vocab) - 1)]

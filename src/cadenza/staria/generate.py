@@ -1,0 +1,257 @@
+"""Form-following generation: `StariaGenerator.from_pretrained().generate(form="ABA")`.
+
+Decoding runs on `CachedDecoder` (KV cache, one decoder step per token) under three sets of rules:
+
+- the token grammar: after a note comes its onset, after a melodic onset its duration, and onsets within
+  a 5 s segment never go backwards, so every sampled token is part of a valid note;
+- a form plan: section tokens are not the model's to choose. Each section has a token budget; the next
+  planned section token is allowed once a section has used `min_fraction` of it and forced at
+  `max_fraction`, `<E>` only after the last section, and a repeated letter gets the length its first
+  occurrence took. The decoder is carried through every requested section and cannot get stuck in one;
+- classifier-free guidance (`cfg_scale` > 1): logits = uncond + scale * (cond - uncond), the
+  unconditional branch seeing only `<PROMPT_START>` and the form token, as in training's prompt dropout.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from symusic import Score
+from torch.nn.utils.rnn import pad_sequence
+
+from cadenza.core.checkpoint import load_model
+from cadenza.core.sampling import SamplingConfig, filter_logits, make_generator
+from cadenza.staria.corpus import random_folk_tunes
+from cadenza.staria.data import section_spans
+from cadenza.staria.decoding import CachedDecoder
+from cadenza.staria.forms import validate_form
+from cadenza.staria.midi import MidiInput
+from cadenza.staria.models import StariaConfig, StariaSeq2Seq
+from cadenza.staria.tokenizer import K_DRUM, K_NOTE, K_ONSET, K_SECTION, K_TIME, StariaTokenizer
+
+PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained" / "staria_small"
+NEG_INF = float("-inf")
+FREE, NEEDS_ONSET, NEEDS_DURATION = range(3)
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling and form-plan settings for one call."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = 0.95
+    min_p: float | None = None
+    cfg_scale: float = 1.0
+    max_tokens: int = 1024
+    section_tokens: int | None = None  # budget per section; default: what fits in max_tokens
+    min_fraction: float = 0.7
+    max_fraction: float = 1.3
+    snippet_len: int = 256
+    seed: int | None = None
+
+    def sampling(self) -> SamplingConfig:
+        """The token-level sampling settings."""
+        return SamplingConfig(self.temperature, self.top_k, self.top_p, self.min_p)
+
+
+@dataclass
+class _Row:
+    """Decoding state of one piece of the batch."""
+
+    plan: str
+    budget: int
+    tokens: list[int]
+    onset_floor: int  # lowest onset id allowed in the current 5 s segment
+    limit: int  # length at which the remaining section tokens and <E> are forced
+    grammar: int = FREE
+    section: int = 0
+    in_section: int = 0
+    lengths: list[int] = field(default_factory=list)  # tokens each finished section took
+    melodic: bool = False  # the last note token was melodic (its onset is followed by a duration)
+    done: bool = False
+
+    def section_budget(self) -> int:
+        """This section's budget: a repeated letter takes as long as its first occurrence did."""
+        first = self.plan.index(self.plan[self.section])
+        return self.lengths[first] if first < self.section else self.budget
+
+
+class StariaGenerator:
+    """A trained Staria encoder-decoder with its tokenizer and the form-following sampler."""
+
+    def __init__(self, model: StariaSeq2Seq, tokenizer: StariaTokenizer | None = None) -> None:
+        self.model = model.eval()
+        self.tok = tokenizer or StariaTokenizer()
+        self.decoder = CachedDecoder(model.decoder)
+        self.kinds = torch.as_tensor(self.tok.kinds(np.arange(self.tok.vocab_size)))
+        self.onsets = slice(*self.tok.onset_range)
+        self.durations = slice(*self.tok.duration_range)
+        free = (self.kinds == K_NOTE) | (self.kinds == K_DRUM) | (self.kinds == K_TIME)
+        self.free_bias = torch.where(free, 0.0, NEG_INF)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None) -> "StariaGenerator":
+        """Load a generator exported by `cadenza music train staria` (None = the shipped small model)."""
+        model, _ = load_model(Path(path) if path is not None else PRETRAINED_DIR, StariaConfig, StariaSeq2Seq)
+        return cls(model)
+
+    def prompt(self, form: str, snippets: dict[str, np.ndarray], snippet_len: int = 256) -> np.ndarray:
+        """Encoder prompt: <PROMPT_START> <FORM> then per letter its section token and the first
+        `snippet_len` note tokens of its snippet (token ids of a piece), then <PROMPT_END>."""
+        tok = self.tok
+        parts = [tok.prompt_start_id, tok.form_ids[validate_form(form)]]
+        for letter in dict.fromkeys(form):
+            ids = np.asarray(snippets[letter], dtype=np.int64)
+            body = ids[tok.kinds(ids) != K_SECTION]
+            starts = np.flatnonzero(body == tok.bos_id)
+            body = body[int(starts[0]) + 1 if len(starts) else 0:]
+            body = body[body != tok.eos_id][:snippet_len]
+            parts += [tok.section_token_id(letter), *body.tolist()]
+        return np.asarray(parts + [tok.prompt_end_id], dtype=np.int64)
+
+    def snippets(self, form: str, prompt: MidiInput | None, seed: int) -> dict[str, np.ndarray]:
+        """Token ids per letter of `form`: a prompt's marked sections ("A", "B", ... markers), its opening
+        for "A" when it has no markers, and random folk tunes of the music21 corpus for the rest."""
+        found: dict[str, np.ndarray] = {}
+        if prompt is not None:
+            ids = self.tok.tokenize_ids(prompt)
+            spans = section_spans(self.tok, ids)
+            for letter, start, end in spans:
+                found.setdefault(letter, ids[start + 1:end])
+            if not spans:
+                found["A"] = ids
+        missing = [letter for letter in dict.fromkeys(form) if letter not in found]
+        if missing:
+            with tempfile.TemporaryDirectory() as tmp:
+                tunes = random_folk_tunes(len(missing), seed, tmp)
+                for letter, path in zip(missing, tunes):
+                    found[letter] = self.tok.tokenize_ids(path)
+        return found
+
+    def generate(self, form: str, prompt: MidiInput | None = None, num: int = 1,
+                 config: GenerationConfig | None = None) -> list[Score]:
+        """`num` pieces in `form` (a key of FORM_LABEL_MAP), each a Score with section markers.
+
+        Without a prompt every piece gets its own snippets from the music21 corpus; with one, all pieces
+        share the prompt's sections (and differ by sampling).
+        """
+        cfg = config or GenerationConfig()
+        seed = cfg.seed if cfg.seed is not None else int(np.random.default_rng().integers(2**31))
+        prompts = []
+        for k in range(num):
+            snippets = self.snippets(form, prompt, seed + 1000 * k)
+            prompts.append(self.prompt(form, snippets, cfg.snippet_len))
+        pieces = self.generate_ids(form, prompts, replace(cfg, seed=seed))
+        return [self.tok.detokenize(ids) for ids in pieces]
+
+    @torch.inference_mode()
+    def generate_ids(self, form: str, prompts: list[np.ndarray], cfg: GenerationConfig) -> list[np.ndarray]:
+        """Token ids of one piece per prompt, each following `form`."""
+        validate_form(form)
+        tok, batch, guided = self.tok, len(prompts), cfg.cfg_scale != 1.0
+        generator = make_generator(cfg.seed)
+        prompt_batch = pad_sequence([torch.as_tensor(p) for p in prompts], batch_first=True, padding_value=tok.pad_id)
+        prompt_mask = prompt_batch != tok.pad_id
+        if guided:
+            uncond_mask = prompt_mask.clone()
+            uncond_mask[:, 2:] = False
+            prompt_batch, prompt_mask = torch.cat([prompt_batch, prompt_batch]), torch.cat([prompt_mask, uncond_mask])
+        state = self.decoder.start(self.model.encode(prompt_batch, prompt_mask), prompt_mask, cfg.max_tokens + 64)
+
+        heads = [tok.instrument_prefix(p) + [tok.bos_id, tok.section_token_id(form[0])] for p in prompts]
+        width = max(len(h) for h in heads)
+        # Budgets such that every section may run to max_fraction and the piece still fits max_tokens.
+        budget = cfg.section_tokens or max(16, int((cfg.max_tokens - width - len(form)) / (len(form) * cfg.max_fraction)))
+        # Rows with fewer instruments repeat their first prefix token so that the batch starts aligned.
+        heads = [[h[0]] * (width - len(h)) + h for h in heads]
+        limit = cfg.max_tokens - len(form)
+        rows = [_Row(form, budget, list(h), self.onsets.start, limit) for h in heads]
+        feed = torch.tensor(heads)
+        for _ in range(cfg.max_tokens + 2):  # + 2: a note started at the limit still gets its onset and duration
+            hidden = self.decoder.hidden(torch.cat([feed, feed]) if guided else feed, state)
+            picked = self._sample(hidden, rows, cfg, batch, generator)
+            for row, token in zip(rows, picked):
+                if not row.done:
+                    self._advance(row, token)
+            if all(row.done for row in rows):
+                break
+            feed = torch.tensor([[row.tokens[-1] if not row.done else tok.pad_id] for row in rows])
+        return [np.asarray(row.tokens, dtype=np.int64) for row in rows]
+
+    def _sample(self, hidden: torch.Tensor, rows: list[_Row], cfg: GenerationConfig, batch: int,
+                generator: torch.Generator | None) -> list[int]:
+        """One token per row under the grammar and the form plan."""
+        states = {row.grammar for row in rows if not row.done}
+        # When every row needs an onset (or a duration), only those 500 logits are computed.
+        span = {NEEDS_ONSET: self.onsets, NEEDS_DURATION: self.durations}.get(states.pop()) if len(states) == 1 \
+            else None
+        span = span or slice(0, self.tok.vocab_size)
+        logits = self.decoder.logits(hidden, span)
+        if cfg.cfg_scale != 1.0:
+            logits = logits[batch:] + cfg.cfg_scale * (logits[:batch] - logits[batch:])
+        bias = torch.stack([self._bias(row, cfg) for row in rows])[:, span]
+        probs = filter_logits(logits + bias, cfg.sampling()).softmax(-1)
+        picked = (torch.multinomial(probs, 1, generator=generator).squeeze(-1) + span.start).tolist()
+        return [self._forced(row, cfg) or token for row, token in zip(rows, picked)]
+
+    def _bias(self, row: _Row, cfg: GenerationConfig) -> torch.Tensor:
+        """Additive logits mask for one row: grammar, onset floor, and when the plan allows a section end."""
+        if row.done:  # finished rows still ride along in the batch; what they sample is discarded
+            return torch.zeros(self.tok.vocab_size)
+        bias = torch.full((self.tok.vocab_size,), NEG_INF)
+        if row.grammar == NEEDS_ONSET:
+            bias[row.onset_floor:self.onsets.stop] = 0.0
+        elif row.grammar == NEEDS_DURATION:
+            bias[self.durations] = 0.0
+        elif row.onset_floor >= self.onsets.stop:  # no onset left in this segment: time must move on
+            bias[self.tok.time_id] = 0.0
+        else:
+            bias.copy_(self.free_bias)
+            if row.in_section >= cfg.min_fraction * row.section_budget():
+                bias[self._next_boundary(row)] = 0.0
+        return bias
+
+    def _forced(self, row: _Row, cfg: GenerationConfig) -> int | None:
+        """The planned section token (or <E>) once a section has used up its budget, at a note boundary."""
+        if row.done or row.grammar != FREE:
+            return None
+        out_of_room = len(row.tokens) >= row.limit
+        if out_of_room or row.in_section >= cfg.max_fraction * row.section_budget():
+            return self._next_boundary(row)
+        return None
+
+    def _next_boundary(self, row: _Row) -> int:
+        nxt = row.section + 1
+        return self.tok.section_token_id(row.plan[nxt]) if nxt < len(row.plan) else self.tok.eos_id
+
+    def _advance(self, row: _Row, token: int) -> None:
+        """Append a token and update the row's grammar, onset floor and place in the plan."""
+        row.tokens.append(token)
+        kind = int(self.kinds[token])
+        if token == self.tok.eos_id:
+            row.done = True
+            return
+        if kind == K_SECTION:
+            row.lengths.append(row.in_section)
+            row.section, row.in_section = row.section + 1, 0
+            # A section opens at a time of its own: its first note comes strictly after the last onset.
+            if len(row.tokens) > 2:
+                row.onset_floor += 1
+            return
+        row.in_section += 1
+        previous = row.grammar
+        if kind in (K_NOTE, K_DRUM):
+            row.grammar = NEEDS_ONSET
+            row.melodic = kind == K_NOTE
+        elif kind == K_ONSET:
+            row.onset_floor = token
+            row.grammar = NEEDS_DURATION if previous == NEEDS_ONSET and row.melodic else FREE
+        else:
+            row.grammar = FREE
+            if kind == K_TIME:
+                row.onset_floor = self.onsets.start
