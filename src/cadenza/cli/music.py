@@ -10,7 +10,12 @@ import typer
 from rich.console import Console
 from tqdm import tqdm
 
+from cadenza.cli.music_evaluate import evaluate
+from cadenza.cli.music_generate import generate
+
 app = typer.Typer(no_args_is_help=True)
+app.command("generate")(generate)
+app.command("evaluate")(evaluate)
 err = Console(stderr=True)
 
 
@@ -125,7 +130,3 @@ def train(
         raise typer.Exit(2)
     err.print(f"model exported to {export}")
 
-
-from cadenza.cli.music_evaluate import evaluate  # noqa: E402
-
-app.command("evaluate")(evaluate)
