@@ -31,7 +31,7 @@ class CodecConfig:
     ema_decay: float = 0.99
     kmeans_init: bool = True
     kmeans_iters: int = 10
-    threshold_ema_dead_code: float = 2.0
+    threshold_ema_dead_code: float = 0.02  # EMA uses per batch: size it to frames per batch / codebook size
     commitment_weight: float = 1.0
     quantizer_dropout: float = 0.5  # share of training steps that use a random number of codebooks
     # decoder

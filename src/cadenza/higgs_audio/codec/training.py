@@ -183,6 +183,9 @@ class SpeechCropDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         d = self.data
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # crops come from the process-wide `random`: give every DDP rank its own stream
+            random.seed(random.getrandbits(32) + self.trainer.global_rank)
         train = read_manifest(d.manifest, d.train_split)
         val = read_manifest(d.manifest, d.val_split) or train
         self.train_set = RandomCropDataset(train, self._segment(d.segment_seconds), self.steps_per_epoch * d.batch_size, d.gain_db)
