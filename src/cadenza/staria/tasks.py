@@ -147,13 +147,60 @@ def drop_prompts(prompt_mask: torch.Tensor, probability: float, keep: int = 2) -
     return mask
 
 
-class GeneratorTask(_Task):
-    """Encoder-decoder generator: the prompt (section snippets) in, the whole piece out."""
+STAGES = ("all", "cross_attention", "top_decoder", "encoder")
 
-    def __init__(self, model_cfg: StariaConfig, train_cfg: TrainConfig, prompt_dropout: float = 0.1) -> None:
+
+def decoder_layer_groups(model: StariaSeq2Seq) -> list[list[int]]:
+    """Indices into the decoder's `attn_layers.layers` of each decoder layer (self-attn, cross-attn, ff)."""
+    groups: list[list[int]] = []
+    for i, kind in enumerate(model.decoder.attn_layers.layer_types):
+        if kind == "a" or not groups:
+            groups.append([])
+        groups[-1].append(i)
+    return groups
+
+
+def apply_stage(model: StariaSeq2Seq, stage: str = "all", top_layers: int = 4) -> None:
+    """Freeze the generator for a fine-tuning stage (sets requires_grad).
+
+    `cross_attention`: only the cross-attention blocks with their norms and the decoder's final norm
+    train; `top_decoder`: those and the top `top_layers` decoder layers; `encoder` and `all`: everything.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown task.stage {stage!r}; expected one of {', '.join(STAGES)}")
+    full = stage in ("all", "encoder")
+    for param in model.parameters():
+        param.requires_grad = full
+    if full:
+        return
+    attn_layers = model.decoder.attn_layers
+    chosen = [i for i, kind in enumerate(attn_layers.layer_types) if kind == "c"]
+    if stage == "top_decoder":
+        if top_layers < 0:
+            raise ValueError(f"task.top_layers must be >= 0, got {top_layers}")
+        groups = decoder_layer_groups(model)
+        chosen += [i for group in groups[len(groups) - min(top_layers, len(groups)):] for i in group]
+    modules = [attn_layers.layers[i] for i in chosen]
+    if getattr(attn_layers, "final_norm", None) is not None:
+        modules.append(attn_layers.final_norm)
+    for module in modules:
+        for param in module.parameters():
+            param.requires_grad = True
+
+
+class GeneratorTask(_Task):
+    """Encoder-decoder generator: the prompt (section snippets) in, the whole piece out.
+
+    `stage` picks which weights train (staged fine-tuning, see `apply_stage`).
+    """
+
+    def __init__(self, model_cfg: StariaConfig, train_cfg: TrainConfig, prompt_dropout: float = 0.1,
+                 stage: str = "all", top_layers: int = 4) -> None:
         super().__init__(model_cfg, train_cfg)
         self.model = StariaSeq2Seq(model_cfg)
         self.prompt_dropout = prompt_dropout
+        self.finetune_stage, self.top_layers = stage, top_layers
+        apply_stage(self.model, stage, top_layers)
         self.loss_fn = GrammarLoss(StariaTokenizer())
 
     def step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:

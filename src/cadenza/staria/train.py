@@ -3,6 +3,8 @@
 A config has four sections: `model` (a preset name plus any StariaConfig field), `data` (corpora and
 sequence lengths), `task` (the LightningModule's own knobs) and `train` (core.training.TrainConfig).
 When training ends the model is exported to `RUN_DIR/model` (safetensors + config.json).
+`model.init_from=DIR` starts from the weights of such an export (its config is the base; fields set in
+the `model` section change it, e.g. dropout), which is how staged fine-tuning continues a model.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from cadenza.core.checkpoint import save_pretrained
+from cadenza.core.checkpoint import CheckpointError, config_from_dict, load_pretrained, save_pretrained
 from cadenza.core.training import TrainConfig, fit, load_config, train_config
 from cadenza.staria.data import StariaDataModule
 from cadenza.staria.models import PRESETS, StariaConfig
@@ -23,7 +25,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "classifier": {"form_weight": 0.2},
     "encoder": {"temperature": 0.1},
     "decoder": {},
-    "staria": {"prompt_dropout": 0.1},
+    "staria": {"prompt_dropout": 0.1, "stage": "all", "top_layers": 4},
 }
 
 
@@ -32,7 +34,7 @@ def default_config(task: str) -> dict[str, Any]:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     return {
-        "model": {"preset": "small", **{f.name: None for f in fields(StariaConfig)}},
+        "model": {"preset": "small", "init_from": None, **{f.name: None for f in fields(StariaConfig)}},
         "data": {"corpora": [], "max_seq_len": 1024, "snippet_len": 256, "form_token": True,
                  "samples_per_epoch": None},
         "task": dict(TASK_DEFAULTS[task]),
@@ -41,12 +43,29 @@ def default_config(task: str) -> dict[str, Any]:
 
 
 def model_config(section: dict[str, Any]) -> StariaConfig:
-    """The preset named in `section` with the fields the section sets."""
+    """The preset named in `section` (or the config of `init_from`) with the fields the section sets."""
     section = dict(section)
     preset = section.pop("preset")
-    if preset not in PRESETS:
+    init_from = section.pop("init_from", None)
+    if init_from is not None:
+        base = config_from_dict(StariaConfig, load_pretrained(init_from, kind="StariaConfig")[1]["config"])
+    elif preset in PRESETS:
+        base = PRESETS[preset]
+    else:
         raise ValueError(f"unknown model preset {preset!r}; expected one of {', '.join(PRESETS)}")
-    return PRESETS[preset].with_overrides(**{k: v for k, v in section.items() if v is not None})
+    return base.with_overrides(**{k: v for k, v in section.items() if v is not None})
+
+
+def init_weights(model: Any, directory: str | Path, task: str) -> None:
+    """Load the weights of an exported model directory into `model` (strict: the shapes must fit)."""
+    state_dict, document = load_pretrained(directory, kind="StariaConfig")
+    exported_task = document["extra"].get("task")
+    if exported_task is not None and exported_task != task:
+        raise CheckpointError(f"{directory}: holds a '{exported_task}' model; cannot initialise '{task}' from it")
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise CheckpointError(f"{directory}: weights do not fit this {task} model ({e})") from e
 
 
 def train(task: str, config_path: str | Path | None = None, overrides: list[str] = (),
@@ -66,6 +85,8 @@ def train(task: str, config_path: str | Path | None = None, overrides: list[str]
         samples_per_epoch=data["samples_per_epoch"],
     )
     module = TASKS[task](model_cfg, train_cfg, **cfg["task"])
+    if cfg["model"]["init_from"] is not None:
+        init_weights(module.model, cfg["model"]["init_from"], task)
     run_dir = Path(train_cfg.run_dir)
     trainer = fit(module, datamodule, train_cfg, run_dir, resume=resume)
     export = run_dir / "model"
