@@ -130,3 +130,7 @@ def train(
         raise typer.Exit(2)
     err.print(f"model exported to {export}")
 
+
+from cadenza.cli.music_wake_sleep import wake_sleep  # noqa: E402
+
+app.command("wake-sleep")(wake_sleep)

@@ -1,0 +1,96 @@
+"""`cadenza music wake-sleep`: sleep (classifier on synthetic), wake (pseudo-label real music), generate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+err = Console(stderr=True)
+
+
+def print_wake_report(report: dict, console: Console = err) -> None:
+    """Kept/dropped pieces per recovered form, as a table."""
+    table = Table(title="wake: pieces per recovered form",
+                  caption=f"{report['corpus']}, threshold {report['threshold']}")
+    for name in ("form", "kept", "dropped"):
+        table.add_column(name, justify="left" if name == "form" else "right")
+    for form, counts in report["per_form"].items():
+        table.add_row(form, str(counts["kept"]), str(counts["dropped"]))
+    table.add_row("total", str(report["kept"]), str(report["dropped"]), style="bold")
+    console.print(table)
+    reasons = ", ".join(f"{k} {v}" for k, v in report["dropped_because"].items()) or "none"
+    console.print(f"dropped because: {reasons}")
+
+
+def _route(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """Split `classifier.KEY=V` / `generator.KEY=V` overrides into the two models' override lists."""
+    routed: dict[str, list[str]] = {"classifier": [], "generator": []}
+    for item in overrides:
+        model, dot, rest = item.partition(".")
+        if model not in routed or not dot:
+            raise ValueError(f"override '{item}': start it with 'classifier.' or 'generator.', "
+                             "e.g. classifier.train.max_steps=100")
+        routed[model].append(rest)
+    return routed["classifier"], routed["generator"]
+
+
+def wake_sleep(
+    overrides: Optional[List[str]] = typer.Argument(
+        None, help="Config overrides routed by prefix: classifier.train.max_steps=100 generator.model.dim=128"),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory: OUT/round1/{classifier,pseudo,generator}."),
+    synthetic: Optional[Path] = typer.Option(None, "--synthetic", help="Synthetic corpus (sleep, generate)."),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", help="Real corpus to pseudo-label (wake)."),
+    stage: str = typer.Option("all", "--stage", help="sleep | wake | generate | all"),
+    rounds: int = typer.Option(1, "--rounds", help="With --stage all: rounds; from round 2 the previous "
+                               "generator's pieces also train the classifier."),
+    round_: int = typer.Option(1, "--round", help="Which round a single --stage runs."),
+    classifier: Optional[Path] = typer.Option(None, "--classifier", help="Use this exported classifier "
+                                              "(RUN_DIR/model) in round 1 instead of training one."),
+    classifier_config: Optional[Path] = typer.Option(None, "--classifier-config", help="Config for the classifier."),
+    generator_config: Optional[Path] = typer.Option(None, "--generator-config", help="Config for the generator."),
+    threshold: float = typer.Option(0.9, help="Keep a piece when every section's mean probability reaches this."),
+    min_fraction: float = typer.Option(0.05, help="Label runs shorter than this share of a piece are noise."),
+    batch_size: int = typer.Option(8, help="Windows per classifier batch (wake)."),
+    overlap: int = typer.Option(128, help="Tokens shared by neighbouring windows of a long piece (wake)."),
+    limit: Optional[int] = typer.Option(None, help="Label only the first N pieces of the corpus (wake)."),
+    pseudo_weight: float = typer.Option(1.0, help="Generator sampling weight of pseudo-labelled music "
+                                        "(synthetic has 1)."),
+    dream_weight: float = typer.Option(0.5, help="Classifier sampling weight of generated pieces (round >= 2)."),
+    dreams_per_form: int = typer.Option(8, help="Pieces the generator writes per form for the next sleep."),
+    dream_max_tokens: int = typer.Option(1024, help="Length limit of those pieces, in tokens."),
+    resume: bool = typer.Option(False, "--resume", help="Training stages continue from their last checkpoint."),
+    seed: int = typer.Option(0, help="Seed of the dreams' prompts and sampling."),
+) -> None:
+    """Wake-sleep training: a section classifier learns on synthetic pieces, labels real music, and the
+    generator trains on synthetic plus confidently labelled real pieces.
+
+    Each stage runs alone with --stage (single stages use the files of --round).
+
+    Under DDP (e.g. generator.train.devices=2) every rank re-runs this command: train one --stage at a time.
+    """
+    from cadenza.core.checkpoint import ConfigError
+    from cadenza.staria.wake_sleep import WakeConfig, WakeSleep
+
+    try:
+        classifier_overrides, generator_overrides = _route(overrides or [])
+        run = WakeSleep(
+            out=out, synthetic=synthetic, corpus=corpus, classifier=classifier,
+            classifier_config=classifier_config, generator_config=generator_config,
+            classifier_overrides=classifier_overrides, generator_overrides=generator_overrides,
+            wake=WakeConfig(threshold=threshold, min_fraction=min_fraction, batch_size=batch_size,
+                            overlap=overlap, limit=limit),
+            pseudo_weight=pseudo_weight, dream_weight=dream_weight, dreams_per_form=dreams_per_form,
+            dream_max_tokens=dream_max_tokens,
+            resume=resume, seed=seed, progress=err.is_terminal,
+        )
+        reports = run.run(stage, rounds=rounds, only_round=round_)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        err.print(f"[red]error[/red] {e}")
+        raise typer.Exit(2)
+    for report in reports:
+        print_wake_report(report)
+        err.print(f"report: {Path(report['out']) / 'wake_report.json'}")
