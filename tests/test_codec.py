@@ -128,6 +128,21 @@ def test_chunked_decode_matches_whole(tok):
     assert tok.lookahead_frames == Decoder.reach_frames(tok.cfg)
 
 
+def test_streaming_decoder_matches_whole(tok):
+    codes = tok.encode(speechlike(2.0), sr=SR)
+    whole = tok.model.decode(codes[None])[0].numpy()
+    stream = tok.streaming_decoder()
+    parts, sizes = [], [1, 3, 7, 2, 13, 24]
+    start = 0
+    for n in sizes:
+        parts.append(stream.push(codes[:, start : start + n]))
+        start += n
+    assert sum(len(p) for p in parts) == (50 - tok.lookahead_frames) * 960  # all but the lookahead
+    parts.append(stream.flush())
+    assert np.allclose(np.concatenate(parts), whole, atol=1e-5)
+    assert stream.buffer.shape[1] <= 2 * tok.lookahead_frames + max(sizes)
+
+
 def test_chunked_encode_matches_whole(tok):
     x = torch.from_numpy(speechlike(4.0))[None]
     whole = tok.model.encode(x)

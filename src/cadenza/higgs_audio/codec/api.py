@@ -138,12 +138,58 @@ class AudioTokenizer:
         for audio in self.model.decode_chunks(codes[None], chunk_frames=chunk_frames):
             yield audio[0].float().cpu().numpy()
 
+    def streaming_decoder(self) -> "StreamingDecoder":
+        """An incremental decoder: push code frames as they are generated, get audio as soon as it is final."""
+        return StreamingDecoder(self)
+
     @property
     def lookahead_frames(self) -> int:
         """Code frames past a chunk's end that streaming decode needs."""
         from cadenza.higgs_audio.codec.model import Decoder
 
         return Decoder.reach_frames(self.cfg)
+
+
+class StreamingDecoder:
+    """Decode codes that arrive a few frames at a time; the audio equals `decode` of all of them.
+
+    `push(codes)` takes (k, n) new frames and returns the audio of every frame that now has
+    `lookahead_frames` frames after it; `flush()` returns the rest at the end of the stream.
+    Only the last 2 x lookahead frames of codes are kept.
+    """
+
+    def __init__(self, tokenizer: AudioTokenizer):
+        self.tok = tokenizer
+        self.context = tokenizer.lookahead_frames
+        self.buffer: torch.Tensor | None = None  # codes of frames [offset, offset + buffer length)
+        self.offset = 0  # absolute index of buffer[:, 0]
+        self.emitted = 0  # absolute index of the first frame not yet returned
+
+    def push(self, codes: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Add (k, n) code frames; return float32 audio now final (possibly empty)."""
+        codes = self.tok._check_codes(codes)
+        self.buffer = codes if self.buffer is None else torch.cat([self.buffer, codes], dim=1)
+        return self._emit(self.offset + self.buffer.shape[1] - self.context)
+
+    def flush(self) -> np.ndarray:
+        """Audio of the frames still held back (the stream has ended)."""
+        if self.buffer is None:
+            return np.zeros(0, np.float32)
+        return self._emit(self.offset + self.buffer.shape[1])
+
+    def _emit(self, until: int) -> np.ndarray:
+        hop = self.tok.hop_length
+        if until <= self.emitted:
+            return np.zeros(0, np.float32)
+        lo = max(self.offset, self.emitted - self.context)
+        hi = min(self.offset + self.buffer.shape[1], until + self.context)
+        audio = self.tok.model.decode(self.buffer[None, :, lo - self.offset : hi - self.offset])[0]
+        out = audio[(self.emitted - lo) * hop : (until - lo) * hop].float().cpu().numpy()
+        self.emitted = until
+        keep_from = max(self.offset, self.emitted - self.context)
+        self.buffer = self.buffer[:, keep_from - self.offset :]
+        self.offset = keep_from
+        return out
 
 
 def load_audio_tokenizer(path: str | Path | None = None, device: str = "cpu") -> AudioTokenizer:
@@ -154,4 +200,4 @@ def load_audio_tokenizer(path: str | Path | None = None, device: str = "cpu") ->
     return AudioTokenizer(load_codec(path), device=device)
 
 
-__all__ = ["AudioTokenizer", "AudioError", "load_audio_tokenizer", "save_codec", "load_codec", "SHIPPED_DIR"]
+__all__ = ["AudioTokenizer", "StreamingDecoder", "AudioError", "load_audio_tokenizer", "save_codec", "load_codec", "SHIPPED_DIR"]
