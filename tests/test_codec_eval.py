@@ -1,0 +1,31 @@
+"""Evaluation helpers that need no models: word normalisation, edit distance, aggregation, manifest clips."""
+
+import json
+
+from cadenza.higgs_audio.codec.evaluate import ClipResult, aggregate, edit_distance, manifest_clips, normalize_words
+
+
+def test_normalize_words_spells_digits_like_the_corpus():
+    assert normalize_words("The 10 monks, in 1984 -- well-known!") == ["the", "ten", "monks", "in", "nineteen", "eighty", "four", "well", "known"]
+
+
+def test_edit_distance():
+    assert edit_distance("a b c".split(), "a x c d".split()) == 2
+    assert edit_distance([], "a b".split()) == 2
+
+
+def test_aggregate_is_corpus_level():
+    rows = [ClipResult("a", "g", "s", 10, 1, 3, 0.9, 3.0, 0.9, 0.2), ClipResult("b", "g", "s", 30, 0, 1, 0.8, float("nan"), 0.8, 0.4)]
+    agg = aggregate(rows)
+    assert agg["wer_original"] == 2.5 and agg["wer_resynth"] == 10.0 and agg["wer_delta"] == 7.5
+    assert agg["pesq"] == 3.0 and agg["similarity"] == 0.85
+
+
+def test_manifest_clips_separate_seen_and_unseen_speakers(tmp_path):
+    rows = [{"id": f"{s}{k}", "audio": f"audio/{s}/{k}.wav", "text": "hello there friend.", "speaker": s, "split": split}
+            for s, split in [("a", "train"), ("a", "test"), ("b", "test")] for k in range(3)]
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    clips = manifest_clips(tmp_path / "manifest.jsonl", "test", per_group=8)
+    assert {c.group for c in clips if c.speaker == "a"} == {"seen_speaker"}
+    assert {c.group for c in clips if c.speaker == "b"} == {"unseen_speaker"}
+    assert all(str(tmp_path) in c.audio for c in clips)
