@@ -24,6 +24,7 @@ from lightning import LightningDataModule
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from cadenza.core.training import ResumableDataLoader
 from cadenza.staria.cache import TokenCache
 from cadenza.staria.events import NO_SECTION, SEGMENT_MS
 from cadenza.staria.forms import FORM_LABEL_MAP, LETTERS, form_from_labels
@@ -308,7 +309,8 @@ class StariaDataModule(LightningDataModule):
         if train and (len(self.corpora) > 1 or self.samples_per_epoch):
             sampler = WeightedRandomSampler(self.sample_weights(dataset.pieces),
                                             self.samples_per_epoch or len(dataset), replacement=True)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train and sampler is None,
+        # Resumable: a resumed run skips the batches its interrupted epoch had already trained on.
+        return ResumableDataLoader(dataset, batch_size=self.batch_size, shuffle=train and sampler is None,
                           sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 

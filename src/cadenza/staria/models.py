@@ -58,7 +58,7 @@ def _layer_kwargs(cfg: StariaConfig, depth: int, heads: int) -> dict:
     head_dim = cfg.dim // heads
     return dict(depth=depth, heads=heads, attn_dim_head=head_dim, rotary_pos_emb=True,
                 rotary_emb_dim=min(head_dim, max(32, head_dim // 2)),
-                attn_dropout=cfg.dropout, ff_dropout=cfg.dropout, attn_flash=cfg.flash)
+                ff_dropout=cfg.dropout, attn_flash=cfg.flash)  # attention dropout would force unfused attention
 
 
 def _encoder(cfg: StariaConfig, max_len: int) -> TransformerWrapper:
