@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Debian packages: MIDI rendering (fluidsynth + a General MIDI soundfont).
+# Debian packages: MIDI rendering (fluidsynth + a GM soundfont), speech engines (flite, espeak-ng), sentences (fortunes).
 APT_PACKAGES := fluidsynth fluid-soundfont-gm flite espeak-ng fortunes fortunes-min
 STAMP := $(VENV)/.setup-done
 
