@@ -33,10 +33,10 @@ def build_tiny_codec(out_dir: Path) -> Path:
     torch.manual_seed(0)
     model = Codec(tiny_config())
     model.train()
-    model.cfg.quantizer_dropout, p = 0.0, model.cfg.quantizer_dropout
+    model.quantizer.quantize_dropout = False  # every codebook sees the init batch
     with torch.no_grad():
-        model(torch.randn(2, 48000) * 0.1)
-    model.cfg.quantizer_dropout = p
+        model.quantizer(model.encoder(torch.randn(2, 48000) * 0.1))
+    assert all(bool(layer._codebook.initted) for layer in model.quantizer.layers)
     return save_codec(model.eval(), out_dir)
 
 
@@ -172,6 +172,10 @@ def test_save_load_roundtrip(tok, tmp_path):
     x = speechlike(0.8)
     assert torch.equal(again.encode(x, sr=SR), tok.encode(x, sr=SR))
     assert json.loads((tmp_path / "copy" / "config.json").read_text())["num_quantizers"] == 8
+    save_codec(tok.model, tmp_path / "half", half=True)
+    halved = load_audio_tokenizer(tmp_path / "half")
+    assert (tmp_path / "half" / "model.safetensors").stat().st_size < 0.6 * (tmp_path / "copy" / "model.safetensors").stat().st_size
+    assert np.abs(halved.decode(tok.encode(x, sr=SR)) - tok.decode(tok.encode(x, sr=SR))).max() < 1e-2
     with pytest.raises(FileNotFoundError, match="not a codec directory"):
         load_codec(tmp_path)
 

@@ -46,6 +46,7 @@ def train_codec_cmd(
 def export_codec_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="Lightning checkpoint (.ckpt) of a train-codec run.")],
     out_dir: Annotated[Path, typer.Argument(help="Directory for model.safetensors + config.json.")],
+    half: Annotated[bool, typer.Option("--half", help="Store weights as float16 (half the size; for shipping).")] = False,
 ) -> None:
     """Turn a training checkpoint into the shipped format (safetensors + config.json, no pickle)."""
     from cadenza.higgs_audio.codec.api import save_codec
@@ -57,7 +58,7 @@ def export_codec_cmd(
     import torch
 
     step = int(torch.load(str(checkpoint), map_location="cpu", weights_only=False).get("global_step", -1))
-    save_codec(module.codec, out_dir, extra={"step": step, "checkpoint": checkpoint.name})
+    save_codec(module.codec, out_dir, extra={"step": step, "checkpoint": checkpoint.name}, half=half)
     typer.echo(f"{checkpoint} (step {step}) -> {out_dir}")
 
 

@@ -26,13 +26,18 @@ SHIPPED_DIR = Path(__file__).resolve().parents[2] / "pretrained" / "codec"
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
-def save_codec(model: Codec, out_dir: str | Path, extra: dict | None = None) -> Path:
-    """Write `model.safetensors` + `config.json` (codec config, plus `extra` under "meta") atomically."""
+def save_codec(model: Codec, out_dir: str | Path, extra: dict | None = None, half: bool = False) -> Path:
+    """Write `model.safetensors` + `config.json` (codec config, plus `extra` under "meta") atomically.
+
+    `half` stores float weights as float16 (half the size, for shipping); loading casts them back.
+    """
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     tmp = out_dir / (WEIGHTS + ".part")
     save_file(state, str(tmp))
     os.replace(tmp, out_dir / WEIGHTS)
@@ -53,7 +58,8 @@ def load_codec(path: str | Path) -> Codec:
     raw.pop("model_type", None)
     raw.pop("meta", None)
     model = Codec(CodecConfig.from_dict(raw))
-    missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path / WEIGHTS)).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model.eval()
