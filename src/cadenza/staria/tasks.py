@@ -68,7 +68,7 @@ class GrammarLoss:
 
 
 class _Task(L.LightningModule):
-    """Shared optimizer and schedule."""
+    """Shared optimizer, schedule and train/val steps; each task defines `step(batch, stage) -> loss`."""
 
     def __init__(self, model_cfg: StariaConfig, train_cfg: TrainConfig) -> None:
         super().__init__()
@@ -77,6 +77,12 @@ class _Task(L.LightningModule):
 
     def configure_optimizers(self):
         return configure_optimizers(self, self.train_cfg)
+
+    def training_step(self, batch, batch_idx):
+        return self.step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self.step(batch, "val")
 
     def _log(self, stage: str, values: dict[str, torch.Tensor], batch_size: int) -> None:
         for name, value in values.items():
@@ -106,12 +112,6 @@ class ClassifierTask(_Task):
                           "form_acc": form_acc}, labels.shape[0])
         return loss
 
-    def training_step(self, batch, batch_idx):
-        return self.step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self.step(batch, "val")
-
 
 class ContrastiveTask(_Task):
     """Snippet encoder trained with NT-Xent between two views of the same piece."""
@@ -128,12 +128,6 @@ class ContrastiveTask(_Task):
         retrieval = ((a @ b.T).argmax(-1) == torch.arange(len(a), device=a.device)).float().mean()
         self._log(stage, {"loss": loss, "retrieval_acc": retrieval}, a.shape[0])
         return loss
-
-    def training_step(self, batch, batch_idx):
-        return self.step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self.step(batch, "val")
 
 
 def drop_prompts(prompt_mask: torch.Tensor, probability: float, keep: int = 2) -> torch.Tensor:
@@ -215,12 +209,6 @@ class GeneratorTask(_Task):
         self._log(stage, {"loss": loss, "ppl": loss.detach().exp()}, hidden.shape[0])
         return loss
 
-    def training_step(self, batch, batch_idx):
-        return self.step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self.step(batch, "val")
-
 
 class BaselineTask(_Task):
     """Decoder-only baseline: [prompt | piece] in one sequence, loss on the piece only."""
@@ -243,12 +231,6 @@ class BaselineTask(_Task):
         loss = self.loss_fn(hidden, output_weight, ids, targets)
         self._log(stage, {"loss": loss, "ppl": loss.detach().exp()}, ids.shape[0])
         return loss
-
-    def training_step(self, batch, batch_idx):
-        return self.step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self.step(batch, "val")
 
 
 TASKS = {"classifier": ClassifierTask, "encoder": ContrastiveTask, "decoder": BaselineTask,
