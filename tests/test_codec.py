@@ -220,3 +220,18 @@ def test_shipped_codec_loads():
     assert (SHIPPED_DIR / "MODEL_CARD.md").exists()
     size = sum(p.stat().st_size for p in SHIPPED_DIR.iterdir())
     assert size < 40 * 2**20
+
+
+def test_adversarial_finetuning_starts_from_a_codec(tmp_path):
+    from cadenza.higgs_audio.codec.training import train_codec
+
+    init = build_tiny_codec(tmp_path / "init")
+    sf.write(tmp_path / "a.wav", speechlike(1.0), SR)
+    row = {"id": "a", "audio": "a.wav", "text": "hi", "speaker": "s", "duration": 1.0, "sample_rate": SR, "split": "train"}
+    (tmp_path / "manifest.jsonl").write_text(json.dumps(row) + "\n")
+    cfg = load_train_config(TINY_CONFIG, [f"data.manifest={tmp_path / 'manifest.jsonl'}", "optim.max_steps=2",
+                                          "optim.adv_weight=1.0", f"optim.init_from={init}", "optim.disc_channels=8"])
+    export = train_codec(cfg, tmp_path / "run", progress=False)
+    meta = json.loads((export / "config.json").read_text())["meta"]
+    assert meta["step"] == 2  # one step per batch although two optimizers step
+    assert not any(k.startswith("discriminator") for k in load_codec(export).state_dict())

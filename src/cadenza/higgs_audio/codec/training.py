@@ -55,6 +55,12 @@ class OptimConfig:
     mel_weight: float = 15.0
     stft_weight: float = 1.0
     commit_weight: float = 1.0
+    # optional adversarial fine-tuning (off when adv_weight == 0): spectrogram discriminators + feature matching
+    adv_weight: float = 0.0
+    fm_weight: float = 2.0
+    disc_lr: float = 2e-4
+    disc_channels: int = 128
+    init_from: str = ""  # a codec directory (save_codec) to start from, e.g. to fine-tune adversarially
     threads: int = 1
     seed: int = 0
     accelerator: str = "cpu"
@@ -218,8 +224,20 @@ class CodecModule(L.LightningModule):
         self.codec = Codec(self.cfg)
         o = self.optim_cfg
         self.loss = CodecLoss(self.cfg.sample_rate, o.mel_weight, o.stft_weight, o.commit_weight)
+        self.discriminator = None
+        if o.adv_weight > 0:
+            from cadenza.higgs_audio.codec.discriminator import MultiResolutionDiscriminator
+
+            self.discriminator = MultiResolutionDiscriminator(channels=o.disc_channels)
+            self.automatic_optimization = False
+        if o.init_from:
+            from cadenza.higgs_audio.codec.api import load_codec
+
+            self.codec.load_state_dict(load_codec(o.init_from).state_dict())
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        if self.discriminator is not None:
+            return self._adversarial_step(batch)
         if not all(bool(layer._codebook.initted) for layer in self.codec.quantizer.layers):
             self.codec.quantizer.quantize_dropout = False  # k-means init every codebook on one batch
             recon, commit, codes = self._forward_no_dropout(batch)
@@ -230,6 +248,36 @@ class CodecModule(L.LightningModule):
         self.log("train/mel", parts["mel"], prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in parts.items() if k != "mel"}, prog_bar=False)
         return loss
+
+    def _adversarial_step(self, batch: torch.Tensor) -> torch.Tensor:
+        from cadenza.higgs_audio.codec.discriminator import discriminator_loss, generator_losses
+
+        o = self.optim_cfg
+        opt_g, opt_d = self.optimizers()
+        sched_g, sched_d = self.lr_schedulers()
+        recon, commit, _ = self.codec(batch)
+        # discriminator: stepped on the raw optimizer so Lightning counts one step per batch
+        d_loss = discriminator_loss(self.discriminator(batch), self.discriminator(recon.detach()))
+        opt_d.zero_grad()
+        self.manual_backward(d_loss)
+        self.clip_gradients(opt_d, gradient_clip_val=o.grad_clip, gradient_clip_algorithm="norm")
+        opt_d.optimizer.step()
+        sched_d.step()
+        # generator (the codec)
+        real, fake = self.discriminator(batch), self.discriminator(recon)
+        adv, fm = generator_losses(real, fake)
+        loss, parts = self.loss(recon, batch, commit)
+        g_loss = loss + o.adv_weight * adv + o.fm_weight * fm
+        opt_g.zero_grad()
+        self.manual_backward(g_loss)
+        self.clip_gradients(opt_g, gradient_clip_val=o.grad_clip, gradient_clip_algorithm="norm")
+        opt_g.step()
+        sched_g.step()
+        self.log("train/loss", g_loss, prog_bar=True)
+        self.log("train/mel", parts["mel"], prog_bar=True)
+        self.log_dict({"train/stft": parts["stft"], "train/commit": parts["commit"], "train/adv": adv.detach(),
+                       "train/fm": fm.detach(), "train/disc": d_loss.detach()})
+        return g_loss
 
     def _forward_no_dropout(self, batch: torch.Tensor):
         p = self.cfg.quantizer_dropout
@@ -251,14 +299,19 @@ class CodecModule(L.LightningModule):
     def configure_optimizers(self):
         o = self.optim_cfg
         decay, no_decay = [], []
-        for name, p in self.named_parameters():
+        for name, p in self.codec.named_parameters():
             if p.requires_grad:
                 (no_decay if p.ndim < 2 else decay).append(p)
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=o.betas
         )
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, o.warmup_steps, o.max_steps, o.min_lr_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        schedule = lambda s: warmup_cosine(s, o.warmup_steps, o.max_steps, o.min_lr_ratio)  # noqa: E731
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        if self.discriminator is None:
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=o.disc_lr, betas=o.betas)
+        sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, schedule)
+        return [opt, opt_d], [{"scheduler": sched, "interval": "step"}, {"scheduler": sched_d, "interval": "step"}]
 
 
 class ExportCallback(L.Callback):
@@ -323,7 +376,7 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, resume: bool = False
     export_dir = run_dir / "export"
     trainer = L.Trainer(
         accelerator=o.accelerator, devices=o.devices, num_nodes=o.num_nodes, precision=o.precision,
-        max_steps=o.max_steps, gradient_clip_val=o.grad_clip, val_check_interval=o.val_every,
+        max_steps=o.max_steps, gradient_clip_val=o.grad_clip if o.adv_weight <= 0 else None, val_check_interval=o.val_every,
         check_val_every_n_epoch=None, num_sanity_val_steps=0, log_every_n_steps=o.log_every,
         logger=CSVLogger(run_dir, name="logs"), default_root_dir=run_dir,
         callbacks=[checkpoints, ExportCallback(export_dir, o.checkpoint_every), PrintCallback(o.log_every)],
