@@ -1,4 +1,4 @@
-"""Calibrate `form_found` (cadenza.staria.evaluate): acceptance of true forms and of negative controls.
+"""Calibrate `form_found` (cadenza.staria.form_adherence): acceptance of true forms and of negative controls.
 
     python benchmarks/form_adherence_calibration.py [--corpus data/music21] [--synth DIR] [--split test]
                                                     [--per-form 40] [--seed 0]
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cadenza.staria.cache import TokenCache
-from cadenza.staria.evaluate import (
+from cadenza.staria.form_adherence import (
     ALIKE, DISTINCT, MIN_SECTION_NOTES, PieceSection, form_adherence, load_piece, split_sections,
 )
 from cadenza.staria.events import NO_SECTION, MusicEvents

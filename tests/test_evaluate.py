@@ -12,9 +12,11 @@ from cadenza.cli import app
 from cadenza.staria import StariaTokenizer
 from cadenza.staria.cache import TokenCache
 from cadenza.staria.evaluate import (
-    estimate_beat_ms, judge_form, evaluate_dir, evaluate_piece, form_adherence, groove_consistency,
-    load_piece, music_statistics, perplexity, recover_form, recovered_form_by_classifier, roll_similarity,
-    split_sections, onset_roll, empty_beat_rate,
+    empty_beat_rate, estimate_beat_ms, evaluate_dir, evaluate_piece, groove_consistency, music_statistics,
+    perplexity, recovered_form_by_classifier,
+)
+from cadenza.staria.form_adherence import (
+    form_adherence, judge_form, load_piece, onset_roll, recover_form, roll_similarity, split_sections,
 )
 from cadenza.staria.events import NO_SECTION, MusicEvents, events_to_score
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cadenza.core.plots import piano_roll_png
-from cadenza.staria.evaluate import PieceInput, load_piece, split_sections
+from cadenza.staria.form_adherence import PieceInput, load_piece, split_sections
 from cadenza.staria.events import INSTRUMENTS
 
 
