@@ -10,12 +10,14 @@ import typer
 from rich.console import Console
 from tqdm import tqdm
 
+from cadenza.cli.music_eval_classifier import eval_classifier
 from cadenza.cli.music_evaluate import evaluate
 from cadenza.cli.music_generate import generate
 
 app = typer.Typer(no_args_is_help=True)
 app.command("generate")(generate)
 app.command("evaluate")(evaluate)
+app.command("eval-classifier")(eval_classifier)
 err = Console(stderr=True)
 
 
