@@ -171,7 +171,7 @@ def test_save_load_roundtrip(tok, tmp_path):
     again = load_audio_tokenizer(tmp_path / "copy")
     x = speechlike(0.8)
     assert torch.equal(again.encode(x, sr=SR), tok.encode(x, sr=SR))
-    assert json.loads((tmp_path / "copy" / "config.json").read_text())["num_quantizers"] == 8
+    assert json.loads((tmp_path / "copy" / "config.json").read_text())["config"]["num_quantizers"] == 8
     save_codec(tok.model, tmp_path / "half", half=True)
     halved = load_audio_tokenizer(tmp_path / "half")
     assert (tmp_path / "half" / "model.safetensors").stat().st_size < 0.6 * (tmp_path / "copy" / "model.safetensors").stat().st_size
@@ -208,7 +208,7 @@ def test_training_runs_resumes_and_exports(tmp_path):
     cfg.optim.max_steps = 3
     train_codec(cfg, run, resume=True, progress=False)
     tok = load_audio_tokenizer(export)
-    assert json.loads((export / "config.json").read_text())["meta"]["step"] == 3
+    assert json.loads((export / "config.json").read_text())["extra"]["step"] == 3
     assert tuple(tok.encode(speechlike(0.4), sr=SR).shape) == (8, 10)
 
 
@@ -232,6 +232,6 @@ def test_adversarial_finetuning_starts_from_a_codec(tmp_path):
     cfg = load_train_config(TINY_CONFIG, [f"data.manifest={tmp_path / 'manifest.jsonl'}", "optim.max_steps=2",
                                           "optim.adv_weight=1.0", f"optim.init_from={init}", "optim.disc_channels=8"])
     export = train_codec(cfg, tmp_path / "run", progress=False)
-    meta = json.loads((export / "config.json").read_text())["meta"]
+    meta = json.loads((export / "config.json").read_text())["extra"]
     assert meta["step"] == 2  # one step per batch although two optimizers step
     assert not any(k.startswith("discriminator") for k in load_codec(export).state_dict())

@@ -27,38 +27,35 @@ WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
 def save_codec(model: Codec, out_dir: str | Path, extra: dict | None = None, half: bool = False) -> Path:
-    """Write `model.safetensors` + `config.json` (codec config, plus `extra` under "meta") atomically.
+    """Write `model.safetensors` + `config.json` (core.checkpoint format, class CodecConfig) atomically.
 
-    `half` stores float weights as float16 (half the size, for shipping); loading casts them back.
+    `extra` (e.g. the training step) is stored beside the config. `half` stores float weights as
+    float16 (half the size, for shipping); loading casts them back to float32.
     """
-    from safetensors.torch import save_file
+    from cadenza.core.checkpoint import save_pretrained
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    tmp = out_dir / (WEIGHTS + ".part")
-    save_file(state, str(tmp))
-    os.replace(tmp, out_dir / WEIGHTS)
-    config = {"model_type": "cadenza-codec", **model.cfg.to_dict(), "meta": extra or {}}
-    (out_dir / (CONFIG + ".part")).write_text(json.dumps(config, indent=1) + "\n")
-    os.replace(out_dir / (CONFIG + ".part"), out_dir / CONFIG)
-    return out_dir
+    return save_pretrained(state, model.cfg, out_dir, extra={**(extra or {}), "weights_dtype": "float16" if half else "float32"})
 
 
 def load_codec(path: str | Path) -> Codec:
     """A `Codec` in eval mode from a directory written by `save_codec` (no pickle involved)."""
-    from safetensors.torch import load_file
+    from cadenza.core.checkpoint import load_pretrained, load_state_dict
 
     path = Path(path)
     if not (path / WEIGHTS).exists() or not (path / CONFIG).exists():
         raise FileNotFoundError(f"{path}: not a codec directory (needs {WEIGHTS} and {CONFIG})")
-    raw = json.loads((path / CONFIG).read_text())
-    raw.pop("model_type", None)
-    raw.pop("meta", None)
-    model = Codec(CodecConfig.from_dict(raw))
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path / WEIGHTS)).items()}
+    document = json.loads((path / CONFIG).read_text())
+    if "class" in document:
+        state, document = load_pretrained(path, kind=CodecConfig.__name__)
+        config = dict(document["config"])
+    else:  # the flat layout of the first training runs: config keys at the top level
+        state = load_state_dict(path / WEIGHTS)
+        config = {k: v for k, v in document.items() if k not in ("model_type", "meta")}
+    model = Codec(CodecConfig.from_dict(config))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
