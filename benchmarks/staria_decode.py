@@ -2,8 +2,8 @@
 
     python benchmarks/staria_decode.py [--model DIR] [--tokens 512] [--batch 1] [--threads 1] [--rounds 3]
 
-Both decode the same prompt with the same encoder-decoder weights (the shipped small model, or a
-randomly initialised `small` preset with --model random), alternating rounds in one process. Writes
+Both decode the same prompt with the same encoder-decoder weights (the shipped small model, or random
+weights of its shape with --model random), alternating rounds in one process. Writes
 benchmarks/results/staria_decode.json with tokens/s of each, the `speedup`, and how close our decoding
 is to the machine's memory-bandwidth bound (bytes that must be read per token / measured bandwidth).
 """
@@ -20,9 +20,12 @@ import numpy as np
 import torch
 
 from cadenza.staria.generate import PRETRAINED_DIR, GenerationConfig, StariaGenerator
-from cadenza.staria.models import PRESETS, StariaSeq2Seq
+from cadenza.core.training import load_config
+from cadenza.staria.models import StariaSeq2Seq
+from cadenza.staria.train import model_config
 
 RESULTS = Path(__file__).parent / "results" / "staria_decode.json"
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "staria_small.yaml"
 
 
 def memory_bandwidth(bytes_: int = 512 * 2**20, rounds: int = 5) -> float:
@@ -62,7 +65,10 @@ def main() -> None:
     torch.manual_seed(0)
 
     if args.model == "random" or (args.model is None and not PRETRAINED_DIR.exists()):
-        gen, model_name = StariaGenerator(StariaSeq2Seq(PRESETS["small"]).eval()), "random small preset"
+        # The shipped model's shape (configs/staria_small.yaml) with random weights.
+        section = load_config(CONFIG)["model"]
+        gen = StariaGenerator(StariaSeq2Seq(model_config(section)).eval())
+        model_name = f"random weights, {CONFIG.name} shape"
     else:
         gen, model_name = StariaGenerator.from_pretrained(args.model), str(args.model or PRETRAINED_DIR)
     form = "ABAC"

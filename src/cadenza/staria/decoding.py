@@ -92,7 +92,20 @@ class CachedDecoder:
         cache_v = [torch.zeros(shape, dtype=context.dtype) for _ in range(self.n_self)]
         positions = torch.arange(max_len, dtype=self.inv_freq.dtype)
         angles = torch.repeat_interleave(positions[:, None] * self.inv_freq[None, :], 2, dim=-1)
-        return DecodeState(cross, context_mask[:, None, None, :], cache_k, cache_v, angles.cos(), angles.sin())
+        # Padded prompt positions become an additive -inf bias (None when nothing is padded).
+        bias = None if bool(context_mask.all()) else \
+            torch.zeros(context_mask.shape, dtype=context.dtype).masked_fill(~context_mask, float("-inf"))[:, None, None, :]
+        return DecodeState(cross, bias, cache_k, cache_v, angles.cos(), angles.sin())
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention; for one query a plain softmax(q k^T) v, which beats the fused CPU kernel there (it is
+        built for long query blocks). `mask` is boolean (True = attend) or an additive bias."""
+        if q.shape[-2] > 1:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        scores = (q @ k.transpose(-1, -2)) * self.head_dim ** -0.5
+        if mask is not None:
+            scores = scores + mask
+        return scores.softmax(dim=-1) @ v
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, n, _ = x.shape
@@ -133,12 +146,12 @@ class CachedDecoder:
                 cache_k, cache_v = state.cache_k[self_index], state.cache_v[self_index]
                 cache_k[:, :, start:end] = self._rotate(k, cos, sin)
                 cache_v[:, :, start:end] = v
-                attn = F.scaled_dot_product_attention(self._rotate(q, cos, sin), cache_k[:, :, :end],
-                                                      cache_v[:, :, :end], attn_mask=_causal(start, n))
+                attn = self._attend(self._rotate(q, cos, sin), cache_k[:, :, :end], cache_v[:, :, :end],
+                                    _causal(start, n))
                 self_index += 1
             elif isinstance(block, _CrossAttention):
                 k, v = state.cross[cross_index]
-                attn = F.scaled_dot_product_attention(self._heads(x @ block.q.T), k, v, attn_mask=state.context_mask)
+                attn = self._attend(self._heads(x @ block.q.T), k, v, state.context_bias)
                 cross_index += 1
             else:
                 h = h + F.linear(F.gelu(F.linear(x, block.w1, block.b1)), block.w2, block.b2)
@@ -167,16 +180,9 @@ class DecodeState:
     """Per-batch decoding state: cross-attention K/V, the self-attention KV cache, rotary tables."""
 
     cross: list[tuple[torch.Tensor, torch.Tensor]]
-    context_mask: torch.Tensor
+    context_bias: torch.Tensor | None
     cache_k: list[torch.Tensor]
     cache_v: list[torch.Tensor]
     cos: torch.Tensor
     sin: torch.Tensor
     length: int = 0
-
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only some batch rows (finished pieces leave the batch)."""
-        self.cross = [(k[rows], v[rows]) for k, v in self.cross]
-        self.context_mask = self.context_mask[rows]
-        self.cache_k = [c[rows] for c in self.cache_k]
-        self.cache_v = [c[rows] for c in self.cache_v]
