@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Build the data (if missing) and train the small Staria classifier and generator in the background,
+# resuming from their last checkpoints. Runs live outside the work tree (RUNS) so that a new checkout
+# keeps them; logs go to RUNS/*.log. Usage: bash scripts/train_staria_small.sh [classifier|staria|both]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+RUNS=${RUNS:-/work/cadenza-runs}
+mkdir -p "$RUNS"
+[ -f data/music21/manifest.jsonl ] || cadenza data music21 data/music21 --workers 2 > "$RUNS/music21.log" 2>&1
+[ -f data/synth_768/manifest.jsonl ] || cadenza data synth data/music21 data/synth_768 --per-form 1500 --seed 0 \
+    --min-tokens 384 --max-tokens 768 > "$RUNS/synth_768.log" 2>&1
+which=${1:-both}
+if [ "$which" = classifier ] || [ "$which" = both ]; then
+  nohup cadenza music train classifier --config configs/staria_classifier_small.yaml --resume \
+      train.run_dir="$RUNS/classifier_small" >> "$RUNS/classifier_small.log" 2>&1 &
+fi
+if [ "$which" = staria ] || [ "$which" = both ]; then
+  nohup cadenza music train staria --config configs/staria_small.yaml --resume \
+      train.run_dir="$RUNS/staria_small" >> "$RUNS/staria_small.log" 2>&1 &
+fi
+echo "training in the background; progress: $RUNS/*/logs/version_*/metrics.csv"
