@@ -309,19 +309,23 @@ class StariaDataModule(LightningDataModule):
         if train and (len(self.corpora) > 1 or self.samples_per_epoch):
             sampler = WeightedRandomSampler(self.sample_weights(dataset.pieces),
                                             self.samples_per_epoch or len(dataset), replacement=True)
+        elif not train:
+            # One fixed shuffle: manifests are grouped (synthetic ones by form), so the first batches of a
+            # limited validation would otherwise see only the first forms.
+            sampler = np.random.default_rng(0).permutation(len(dataset)).tolist()
         # Resumable: a resumed run skips the batches its interrupted epoch had already trained on.
         return ResumableDataLoader(dataset, batch_size=self.batch_size, shuffle=train and sampler is None,
-                          sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+                                   sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers,
+                                   persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches (weighted across corpora when there are several)."""
         return self._loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader:
-        """Validation batches in corpus order."""
+        """Validation batches in one fixed shuffled order."""
         return self._loader("val", train=False)
 
     def test_dataloader(self) -> DataLoader:
-        """Test batches in corpus order."""
+        """Test batches in one fixed shuffled order."""
         return self._loader("test", train=False)
