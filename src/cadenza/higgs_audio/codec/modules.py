@@ -6,8 +6,6 @@ long signal can be processed in overlapping chunks and give the same result as o
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -116,4 +114,4 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-__all__ = ["LogMel", "ConvNeXtBlock", "ISTFTHead", "mel_filterbank", "receptive_field_frames", "ceil_div", "math"]
+__all__ = ["LogMel", "ConvNeXtBlock", "ISTFTHead", "mel_filterbank", "receptive_field_frames", "ceil_div"]
