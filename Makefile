@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Debian packages: MIDI rendering (fluidsynth + a GM soundfont), speech engines (flite, espeak-ng), sentences (fortunes).
-APT_PACKAGES := fluidsynth fluid-soundfont-gm flite espeak-ng fortunes fortunes-min
+# Debian packages: MIDI rendering (fluidsynth + a GM soundfont), speech engines (flite, espeak-ng), sentences
+# (fortunes), and Festival voices, which are held out: used only to evaluate on voices never trained on.
+APT_PACKAGES := fluidsynth fluid-soundfont-gm flite espeak-ng fortunes fortunes-min \
+	festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
 STAMP := $(VENV)/.setup-done
 
 .PHONY: setup demo test bench clean
