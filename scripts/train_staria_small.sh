@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Build the data (if missing) and train the small Staria classifier and generator in the background,
-# resuming from their last checkpoints. Runs live outside the work tree (RUNS) so that a new checkout
-# keeps them; logs go to RUNS/*.log. Usage: bash scripts/train_staria_small.sh [classifier|staria|both]
+# resuming from their last checkpoints. Runs and data live outside the work tree (RUNS, DATA) so that a
+# new checkout keeps them; logs go to RUNS/*.log. Usage: bash scripts/train_staria_small.sh [classifier|staria|both]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 RUNS=${RUNS:-/work/cadenza-runs}
-mkdir -p "$RUNS"
+DATA=${DATA:-/work/cadenza-data}  # corpora live outside the work tree too; ./data links to them
+mkdir -p "$RUNS" "$DATA"
+[ -e data ] || ln -s "$DATA" data
 [ -f data/music21/manifest.jsonl ] || cadenza data music21 data/music21 --workers 2 > "$RUNS/music21.log" 2>&1
 [ -f data/synth_768/manifest.jsonl ] || cadenza data synth data/music21 data/synth_768 --per-form 1500 --seed 0 \
     --min-tokens 384 --max-tokens 768 > "$RUNS/synth_768.log" 2>&1
