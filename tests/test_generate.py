@@ -81,3 +81,19 @@ def test_unknown_form_is_rejected(model):
     gen = StariaGenerator(model)
     with pytest.raises(ValueError, match="unknown form"):
         gen.generate_ids("ABX", [np.array([0])], GenerationConfig())
+
+
+def test_batch_with_different_instruments_returns_canonical_pieces(model):
+    from cadenza.staria.events import MusicEvents
+
+    gen = StariaGenerator(model)
+    tok = gen.tok
+    piano = _snippets(tok, "AB")
+    n = 12
+    strings_and_drums = MusicEvents(np.arange(n) * 250, np.where(np.arange(n) % 2, 200, 0), 40 + np.arange(n),
+                                    np.full(n, 80), np.where(np.arange(n) % 2, 5, 16), np.full(n, -1))
+    mixed = {"A": tok.events_to_ids(strings_and_drums), "B": piano["B"]}
+    prompts = [gen.prompt("AB", piano), gen.prompt("AB", mixed)]
+    for prompt, ids in zip(prompts, gen.generate_ids("AB", prompts, GenerationConfig(max_tokens=120, seed=2))):
+        start = tok.instrument_prefix(prompt) + [tok.bos_id]
+        assert ids[:len(start)].tolist() == start  # no padding left in front

@@ -166,7 +166,8 @@ class StariaGenerator:
         # Budgets such that every section may run to max_fraction and the piece still fits max_tokens.
         budget = cfg.section_tokens or max(16, int((cfg.max_tokens - width - len(form)) / (len(form) * cfg.max_fraction)))
         # Rows with fewer instruments repeat their first prefix token so that the batch starts aligned.
-        heads = [[h[0]] * (width - len(h)) + h for h in heads]
+        padding = [width - len(h) for h in heads]
+        heads = [[h[0]] * pad + h for h, pad in zip(heads, padding)]
         limit = cfg.max_tokens - len(form)
         rows = [_Row(form, budget, list(h), self.onsets.start, limit) for h in heads]
         candidates = self._candidates(heads)
@@ -181,7 +182,7 @@ class StariaGenerator:
             if all(row.done for row in rows):
                 break
             feed = torch.tensor([[row.tokens[-1] if not row.done else tok.pad_id] for row in rows])
-        return [np.asarray(row.tokens, dtype=np.int64) for row in rows]
+        return [np.asarray(row.tokens[pad:], dtype=np.int64) for row, pad in zip(rows, padding)]
 
     def _candidates(self, heads: list[list[int]]) -> dict[int, torch.Tensor]:
         """Ids each grammar state may pick from. Free steps: notes of the instruments the pieces declare in
