@@ -22,7 +22,8 @@ def model() -> StariaSeq2Seq:
     return model
 
 
-def test_cached_logits_match_uncached_forward(model):
+@pytest.mark.parametrize("weight_dtype, tol", [(torch.float32, 1e-4), (torch.float16, 1e-2)])
+def test_cached_logits_match_uncached_forward(model, weight_dtype, tol):
     vocab = model.cfg.vocab_size
     prompt = torch.randint(0, vocab, (2, 30))
     prompt_mask = torch.ones_like(prompt, dtype=torch.bool)
@@ -31,12 +32,12 @@ def test_cached_logits_match_uncached_forward(model):
     with torch.no_grad():
         reference = model(prompt, prompt_mask, tokens)
         context = model.encode(prompt, prompt_mask)
-    fast = CachedDecoder(model.decoder)
+    fast = CachedDecoder(model.decoder, weight_dtype)
     state = fast.start(context, prompt_mask, max_len=64)
     # A prefill of 25 tokens, then one token at a time.
-    torch.testing.assert_close(fast.forward(tokens[:, :25], state), reference[:, 24], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast.forward(tokens[:, :25], state), reference[:, 24], atol=tol, rtol=tol)
     for i in range(25, 40):
-        torch.testing.assert_close(fast.forward(tokens[:, i:i + 1], state), reference[:, i], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(fast.forward(tokens[:, i:i + 1], state), reference[:, i], atol=tol, rtol=tol)
 
 
 def _snippets(tok: StariaTokenizer, letters: str) -> dict[str, np.ndarray]:

@@ -1,7 +1,7 @@
 """Token sampling shared by music and speech: temperature, top-k, top-p, min-p, repetition-aware, seeding.
 
-All functions take a batch of logits `(batch, vocab)` and work in place on a copy, so one request's
-settings never leak into another's. Masked-out entries are `-inf`.
+All functions take a batch of logits `(batch, vocab)` and never modify it, so one request's settings never
+leak into another's. Masked-out entries are `-inf`.
 """
 
 from __future__ import annotations
@@ -30,32 +30,25 @@ def make_generator(seed: int | None, device: str | torch.device = "cpu") -> torc
     return generator
 
 
-def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
-    """Logits scaled by temperature with everything outside top-k / top-p / min-p set to -inf."""
-    logits = logits.float() / max(cfg.temperature, 1e-6)
+def sample(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token id per row of `logits` (batch, vocab) -> (batch,), after temperature, top-k, min-p and
+    top-p (in that order). Top-p samples in sorted order, so no scatter back to vocabulary order is needed."""
+    if cfg.temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / cfg.temperature
     if cfg.top_k is not None and 0 < cfg.top_k < logits.shape[-1]:
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if cfg.min_p is not None and cfg.min_p > 0:
         probs = logits.softmax(dim=-1)
-        threshold = cfg.min_p * probs.max(dim=-1, keepdim=True).values
-        logits = logits.masked_fill(probs < threshold, float("-inf"))
-    if cfg.top_p is not None and cfg.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        # Drop a token when the tokens before it already reach top_p (the best token always stays).
-        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= cfg.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-def sample(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token id per row of `logits` (batch, vocab) -> (batch,)."""
-    if cfg.temperature <= 0:
-        return logits.argmax(dim=-1)
-    probs = filter_logits(logits, cfg).softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        logits = logits.masked_fill(probs < cfg.min_p * probs.max(dim=-1, keepdim=True).values, float("-inf"))
+    if cfg.top_p is None or cfg.top_p >= 1.0:
+        return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    probs = sorted_logits.softmax(dim=-1)
+    # Drop a token when the tokens before it already reach top_p (the best token always stays).
+    probs = probs.masked_fill(probs.cumsum(dim=-1) - probs >= cfg.top_p, 0.0)
+    return order.gather(-1, torch.multinomial(probs, 1, generator=generator)).squeeze(-1)
 
 
 def repetition_aware_sample(logits: torch.Tensor, history: torch.Tensor, cfg: SamplingConfig,
