@@ -18,6 +18,8 @@ def eval_classifier(
     limit: Optional[int] = typer.Option(None, "--limit", help="At most this many pieces, spread over the split."),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help="JSON report (default MODEL/classifier_eval_SPLIT.json)."),
+    switch_cost: Optional[float] = typer.Option(None, "--switch-cost", help="Cost per section change when decoding "
+                                                "letters (0: token-wise argmax; default: forms.SWITCH_COST)."),
     threads: int = typer.Option(1, help="Torch threads."),
 ) -> None:
     """Per-token accuracy, form exact match (form head and per-token labels), per-form breakdown and
@@ -32,7 +34,8 @@ def eval_classifier(
         raise typer.Exit(2)
     torch.set_num_threads(threads)
     try:
-        report = evaluate_classifier(model, corpus, split=split, limit=limit)
+        decoding = {} if switch_cost is None else {"switch_cost": switch_cost}
+        report = evaluate_classifier(model, corpus, split=split, limit=limit, **decoding)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         err.print(f"[red]error[/red] {e}")
         raise typer.Exit(2)

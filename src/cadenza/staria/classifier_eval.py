@@ -3,7 +3,9 @@
 Each piece loses its section tokens (what the classifier sees, `StariaTokenizer.strip_sections`) and the
 classifier predicts a letter per token and, from its form head, the whole piece's form. Reported:
 
-- token accuracy: argmax letter == true letter, micro (over all tokens) and macro (mean over pieces);
+- token accuracy: predicted letter == true letter, micro (over all tokens) and macro (mean over pieces);
+  letters come from `decode_sections` (whole sections, `switch_cost` per change) or, with switch_cost 0,
+  from the token-wise argmax, which is also always reported (`token_accuracy_argmax`);
 - form exact match from the form head: argmax == the manifest's `form_label` (only pieces that fit the
   model's `max_seq_len`: the form head sees a whole piece or nothing);
 - form exact match from the labels: `form_from_labels(argmax letters) == condense(form)`, and the same for
@@ -25,7 +27,9 @@ import torch
 
 from cadenza.core.checkpoint import load_model
 from cadenza.staria.cache import TokenCache
-from cadenza.staria.forms import FORM_LABEL_MAP, LABEL_TO_FORM, LETTERS, condense, form_from_labels
+from cadenza.staria.forms import (
+    FORM_LABEL_MAP, LABEL_TO_FORM, LETTERS, SWITCH_COST, condense, decode_sections, form_from_labels,
+)
 from cadenza.staria.models import N_SECTIONS, SectionClassifier, StariaConfig
 from cadenza.staria.tokenizer import IGNORE_INDEX, StariaTokenizer
 from cadenza.staria.wake_sleep import SectionLabeller
@@ -81,14 +85,16 @@ def _rate(hits: list[bool]) -> float | None:
     return float(np.mean(hits)) if hits else None
 
 
-def classifier_metrics(pieces: list[dict]) -> dict:
+def classifier_metrics(pieces: list[dict], switch_cost: float = SWITCH_COST) -> dict:
     """Scores over pieces, each a dict with `form`, `form_label`, `labels` (true letter per token,
     IGNORE_INDEX where unknown), `token_probs` (n, 4) and `form_probs` (or None)."""
     confusion = np.zeros((N_SECTIONS, N_SECTIONS), dtype=np.int64)
     per_piece, by_form = [], defaultdict(list)
     for p in pieces:
         labels = np.asarray(p["labels"])
-        predicted = np.asarray(p["token_probs"]).argmax(axis=1) if len(labels) else np.zeros(0, np.int64)
+        probs = np.asarray(p["token_probs"]).reshape(len(labels), N_SECTIONS)
+        argmax = probs.argmax(axis=1)
+        predicted = decode_sections(probs, switch_cost) if switch_cost > 0 else argmax
         known = labels != IGNORE_INDEX
         np.add.at(confusion, (labels[known], predicted[known]), 1)
         correct = int((predicted[known] == labels[known]).sum())
@@ -97,6 +103,7 @@ def classifier_metrics(pieces: list[dict]) -> dict:
             int(np.argmax(p["form_probs"]))
         record = {
             "form": form, "n_tokens": int(known.sum()), "n_correct": correct,
+            "n_correct_argmax": int((argmax[known] == labels[known]).sum()),
             "token_accuracy": correct / int(known.sum()) if known.any() else None,
             "form_head": LABEL_TO_FORM[head] if head is not None else None,
             "form_head_match": head == label if head is not None else None,
@@ -114,6 +121,7 @@ def classifier_metrics(pieces: list[dict]) -> dict:
             "n_pieces": len(records),
             "n_tokens": tokens,
             "token_accuracy": sum(r["n_correct"] for r in records) / tokens if tokens else None,
+            "token_accuracy_argmax": sum(r["n_correct_argmax"] for r in records) / tokens if tokens else None,
             "token_accuracy_macro": _rate([r["token_accuracy"] for r in records if r["token_accuracy"] is not None]),
             "form_head_exact_match": _rate([r["form_head_match"] for r in records if r["form_head_match"] is not None]),
             "n_form_head": sum(r["form_head_match"] is not None for r in records),
@@ -141,7 +149,7 @@ def classifier_metrics(pieces: list[dict]) -> dict:
 
 
 def evaluate_classifier(model_dir: str | Path, corpus: str | Path, split: str = "test", limit: int | None = None,
-                        batch_size: int = 8) -> dict:
+                        batch_size: int = 8, switch_cost: float = SWITCH_COST) -> dict:
     """Token accuracy, form exact match (form head and per-token labels), per-form breakdown and letter
     confusion of the classifier in `model_dir` on `split` of the synthetic `corpus` (`limit`: at most that
     many pieces, spread evenly over the split)."""
@@ -162,10 +170,10 @@ def evaluate_classifier(model_dir: str | Path, corpus: str | Path, split: str = 
     token_probs, form_probs = predict(model, stripped, batch_size)
     for item, probs, forms in zip(items, token_probs, form_probs):
         item["token_probs"], item["form_probs"] = probs, forms
-    report = classifier_metrics(items)
+    report = classifier_metrics(items, switch_cost)
     for item, record in zip(items, report["pieces"]):
         record["id"] = item["id"]
-    return {"model": str(model_dir), "corpus": str(corpus), "split": split, "limit": limit,
+    return {"model": str(model_dir), "corpus": str(corpus), "split": split, "limit": limit, "switch_cost": switch_cost,
             "max_seq_len": config.max_seq_len, "n_too_long": sum(f is None for f in form_probs), **report}
 
 

@@ -274,6 +274,18 @@ class StariaTokenizer:
         present = set(melodic.tolist()) | ({DRUM} if (kind == K_DRUM).any() else set())
         return [self._prefix_base + i for i in sorted(present)]
 
+    def note_features(self) -> np.ndarray:
+        """(vocab, 3) int table of what each id means as a note: pitch (1-128 melodic, 129-256 drum sound),
+        velocity step (1..) and instrument (1.., drums last); 0 where an id is not a note. Models embed
+        these so that the same pitch at another velocity, or a transposed repeat, looks alike."""
+        table = np.zeros((len(self.vocab), 3), dtype=np.int64)
+        drums = np.arange(self._drum_base, self._drum_base + N_PITCH)
+        table[drums] = np.stack([1 + N_PITCH + np.arange(N_PITCH), np.zeros(N_PITCH), np.full(N_PITCH, 1 + DRUM)], 1)
+        note = np.arange(len(self.vocab) - self._note_base)
+        table[self._note_base:] = np.stack([1 + (note // N_VELOCITY) % N_PITCH, 1 + note % N_VELOCITY,
+                                            1 + note // (N_PITCH * N_VELOCITY)], axis=1)
+        return table
+
     def is_note(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Boolean mask of ids that start a note (melodic or drum)."""
         kind = self._kind[np.clip(np.asarray(ids, dtype=np.int64), 0, len(self.vocab) - 1)]

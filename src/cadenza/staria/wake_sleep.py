@@ -33,7 +33,7 @@ from tqdm import tqdm
 from cadenza.core.checkpoint import load_model
 from cadenza.staria.cache import REPORT, TokenCache, split_of, write_cache
 from cadenza.staria.events import NO_SECTION
-from cadenza.staria.forms import FORM_LABEL_MAP, LETTERS, relabel_by_first_appearance
+from cadenza.staria.forms import FORM_LABEL_MAP, LETTERS, SWITCH_COST, decode_sections, relabel_by_first_appearance
 from cadenza.staria.models import N_SECTIONS, SectionClassifier, StariaConfig
 from cadenza.staria.synthetic import section_letters
 from cadenza.staria.tokenizer import K_DUR, K_ONSET, StariaTokenizer
@@ -169,10 +169,12 @@ def note_index_of_tokens(tokenizer: StariaTokenizer, ids: np.ndarray) -> np.ndar
 
 
 def pseudo_label(tokenizer: StariaTokenizer, ids: np.ndarray, probs: np.ndarray, threshold: float = 0.9,
-                 min_fraction: float = 0.05) -> PseudoLabel:
-    """Sections of a piece (ids without section tokens) from its per-token probabilities, and whether to keep it."""
+                 min_fraction: float = 0.05, switch_cost: float = SWITCH_COST) -> PseudoLabel:
+    """Sections of a piece (ids without section tokens) from its per-token probabilities (decoded into
+    whole sections, `decode_sections`; switch_cost 0 = token-wise argmax), and whether to keep it."""
     ids = np.asarray(ids, dtype=np.int64)
-    runs = section_runs(probs.argmax(axis=1), min_fraction) if len(ids) else []
+    letters_per_token = decode_sections(probs, switch_cost) if switch_cost > 0 else probs.argmax(axis=1)
+    runs = section_runs(letters_per_token, min_fraction) if len(ids) else []
     letters = relabel_by_first_appearance([LETTERS[label] for label, _, _ in runs])
     form = "".join(letters)
     confidence = [float(probs[start:end, label].mean()) for label, start, end in runs]
@@ -201,6 +203,7 @@ class WakeConfig:
 
     threshold: float = 0.9  # every section's mean letter probability must reach this
     min_fraction: float = 0.05  # runs shorter than this share of a piece are noise (as in form_from_labels)
+    switch_cost: float = SWITCH_COST  # per section change when decoding letters (0: token-wise argmax)
     batch_size: int = 8
     overlap: int = 128  # tokens shared by neighbouring windows of a long piece
     limit: int | None = None  # label only the first N pieces (quick looks at a big corpus)
@@ -227,7 +230,7 @@ def wake(corpus: str | Path, out: str | Path, labeller: Labeller, cfg: WakeConfi
     for chunk in _chunks(indices, 64 * cfg.batch_size):
         stripped = [tok.strip_sections(cache.ids(i))[0] for i in chunk]
         for i, ids, probs in zip(chunk, stripped, labeller(stripped)):
-            result = pseudo_label(tok, ids, probs, cfg.threshold, cfg.min_fraction)
+            result = pseudo_label(tok, ids, probs, cfg.threshold, cfg.min_fraction, cfg.switch_cost)
             row = cache.rows[i]
             key = result.form if result.form in FORM_LABEL_MAP else "other"
             per_form.setdefault(key, Counter())["kept" if result.kept else "dropped"] += 1
