@@ -52,11 +52,11 @@ def _snippets(tok: StariaTokenizer, letters: str) -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("form", ["ABA", "ABAC", "AABB"])
-def test_generation_follows_the_form_plan(model, form):
+@pytest.mark.parametrize("form, repeat", [("ABA", "copy"), ("ABAC", "free"), ("AABB", "copy"), ("ABCA", "free")])
+def test_generation_follows_the_form_plan(model, form, repeat):
     gen = StariaGenerator(model)
     prompt = gen.prompt(form, _snippets(gen.tok, "ABCD"))
-    cfg = GenerationConfig(max_tokens=240, seed=3, cfg_scale=1.5)
+    cfg = GenerationConfig(max_tokens=240, seed=3, cfg_scale=1.5, repeat=repeat)
     pieces = gen.generate_ids(form, [prompt, prompt, prompt], cfg)
     for ids in pieces:
         tokens = gen.tok.decode(ids)
@@ -66,6 +66,34 @@ def test_generation_follows_the_form_plan(model, form):
         score, dropped = gen.tok.detokenize(ids, return_dropped=True)
         assert dropped == 0  # the grammar only lets whole notes through
         assert [m.text for m in score.markers] == list(form)
+
+
+@pytest.mark.parametrize("form", ["ABA", "AABB", "ABCA", "ABACABA"])
+def test_copied_repeats_replay_their_first_occurrence(model, form):
+    gen = StariaGenerator(model)
+    prompt = gen.prompt(form, _snippets(gen.tok, "ABCD"))
+    for ids in gen.generate_ids(form, [prompt, prompt], GenerationConfig(max_tokens=400, seed=5)):
+        events, dropped = gen.tok.ids_to_events(ids)
+        assert dropped == 0
+        starts = [*np.flatnonzero(events.section >= 0), len(events)]
+        sections = [events.take(slice(a, b)) for a, b in zip(starts, starts[1:])]
+        assert "".join("ABCD"[s.section[0]] for s in sections) == form
+        for k, letter in enumerate(form):
+            first, again = sections[form.index(letter)], sections[k]
+            if form.index(letter) == k or not len(first):
+                continue
+            # The same notes as a MIDI file plays them (normalized: pitch, velocity, duration, timing relative
+            # to the section start), later in time; only the last section may lose its end to the token limit.
+            notes = [set(zip(s.onset_ms - s.onset_ms[0], s.pitch, s.velocity, s.duration_ms))
+                     for s in (first.normalized(), again.normalized())]
+            assert notes[1] == notes[0] if k < len(form) - 1 else notes[1] <= notes[0] and len(again) > 0
+            assert again.onset_ms[0] > sections[k - 1].onset_ms.max()
+
+
+def test_unknown_repeat_mode_is_an_error(model):
+    gen = StariaGenerator(model)
+    with pytest.raises(ValueError, match="repeat mode"):
+        gen.generate_ids("AB", [gen.prompt("AB", _snippets(gen.tok, "AB"))], GenerationConfig(repeat="loop"))
 
 
 def test_generation_is_seeded(model):

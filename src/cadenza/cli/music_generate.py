@@ -26,6 +26,8 @@ def generate(
     min_p: Optional[float] = typer.Option(None, "--min-p", help="Drop tokens below min_p x the top probability."),
     cfg: float = typer.Option(1.0, "--cfg", help="Classifier-free guidance scale (1 = off)."),
     max_tokens: int = typer.Option(1024, "--max-tokens", help="Length of each piece in tokens (~3 per note)."),
+    repeat: str = typer.Option("copy", "--repeat", help="Repeated sections: 'copy' replays the first occurrence "
+                               "(da capo), 'free' lets the model write them again."),
     model: Optional[Path] = typer.Option(None, "--model", help="Exported generator directory (default: shipped)."),
     threads: int = typer.Option(1, help="Torch threads; decoding one token at a time gains little from more."),
 ) -> None:
@@ -46,7 +48,7 @@ def generate(
     torch.set_num_threads(threads)
     try:
         generator = StariaGenerator.from_pretrained(model)
-        config = GenerationConfig(temperature=temperature, top_p=top_p, min_p=min_p, cfg_scale=cfg,
+        config = GenerationConfig(temperature=temperature, top_p=top_p, min_p=min_p, cfg_scale=cfg, repeat=repeat,
                                   max_tokens=max_tokens, seed=seed)
         scores = generator.generate(form, prompt=prompt, num=num, config=config)
     except (ValueError, MidiError, CheckpointError, FileNotFoundError) as e:

@@ -8,6 +8,10 @@ Decoding runs on `CachedDecoder` (KV cache, one decoder step per token) under th
   planned section token is allowed once a section has used `min_fraction` of it and forced at
   `max_fraction`, `<E>` only after the last section, and a repeated letter gets the length its first
   occurrence took. The decoder is carried through every requested section and cannot get stuck in one;
+- repeats (`repeat="copy"`, the default): a letter that comes back replays its first occurrence, re-timed
+  to where the piece has got to (a da capo), fed through the decoder token by token so that what follows
+  is written knowing the repeat happened. The model writes every new section; `repeat="free"` lets it
+  write the repeats too (what the synthetic training pieces teach it: the same opening again);
 - classifier-free guidance (`cfg_scale` > 1): logits = uncond + scale * (cond - uncond), the
   unconditional branch seeing only `<PROMPT_START>` and the form token, as in training's prompt dropout.
 """
@@ -32,12 +36,13 @@ from cadenza.staria.decoding import CachedDecoder
 from cadenza.staria.forms import validate_form
 from cadenza.staria.midi import MidiInput
 from cadenza.staria.models import StariaConfig, StariaSeq2Seq
-from cadenza.staria.events import SECTION_LETTERS
+from cadenza.staria.events import NO_SECTION, SECTION_LETTERS, SEGMENT_MS, TIME_STEP_MS
 from cadenza.staria.tokenizer import K_DRUM, K_NOTE, K_ONSET, K_SECTION, K_TIME, StariaTokenizer
 
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained" / "staria_small"
 NEG_INF = float("-inf")
 FREE, NEEDS_ONSET, NEEDS_DURATION = range(3)
+REPEAT_MODES = ("copy", "free")
 
 
 @dataclass
@@ -54,6 +59,7 @@ class GenerationConfig:
     min_fraction: float = 0.7
     max_fraction: float = 1.3
     snippet_len: int = 256
+    repeat: str = "copy"  # "copy": a repeated letter replays its first occurrence; "free": the model writes it
     seed: int | None = None
 
     def sampling(self) -> SamplingConfig:
@@ -76,6 +82,8 @@ class _Row:
     lengths: list[int] = field(default_factory=list)  # tokens each finished section took
     melodic: bool = False  # the last note token was melodic (its onset is followed by a duration)
     done: bool = False
+    replay: list[int] = field(default_factory=list)  # tokens still to feed of a replayed repeat
+    replayed: bool = False  # a replayed repeat has been fed in full: its section ends now
 
     def section_budget(self) -> int:
         """This section's budget: a repeated letter takes as long as its first occurrence did."""
@@ -154,6 +162,8 @@ class StariaGenerator:
     def generate_ids(self, form: str, prompts: list[np.ndarray], cfg: GenerationConfig) -> list[np.ndarray]:
         """Token ids of one piece per prompt, each following `form`."""
         validate_form(form)
+        if cfg.repeat not in REPEAT_MODES:
+            raise ValueError(f"unknown repeat mode {cfg.repeat!r}; known: {', '.join(REPEAT_MODES)}")
         tok, batch, guided = self.tok, len(prompts), cfg.cfg_scale != 1.0
         generator = make_generator(cfg.seed)
         prompt_batch = pad_sequence([torch.as_tensor(p) for p in prompts], batch_first=True, padding_value=tok.pad_id)
@@ -181,8 +191,11 @@ class StariaGenerator:
             hidden = self.decoder.hidden(torch.cat([feed, feed]) if guided else feed, state)
             picked = self._sample(hidden, rows, cfg, batch, candidates, weights, biases, generator)
             for row, token in zip(rows, picked):
+                if row.replay:
+                    token = row.replay.pop(0)
+                    row.replayed = not row.replay
                 if token is not None:
-                    self._advance(row, token)
+                    self._advance(row, token, cfg)
             if all(row.done for row in rows):
                 break
             feed = torch.tensor([[row.tokens[-1] if not row.done else tok.pad_id] for row in rows])
@@ -237,7 +250,7 @@ class StariaGenerator:
         picked: list[int | None] = [None] * len(rows)
         sampling = cfg.sampling()
         for state, ids in candidates.items():
-            members = [i for i, row in enumerate(rows) if not row.done and row.grammar == state]
+            members = [i for i, row in enumerate(rows) if not row.done and not row.replay and row.grammar == state]
             if not members:
                 continue
             index = torch.tensor(members)
@@ -255,16 +268,42 @@ class StariaGenerator:
         """The planned section token (or <E>) once a section has used up its budget, at a note boundary."""
         if row.done or row.grammar != FREE:
             return None
+        if row.replayed:
+            return self._next_boundary(row)
         out_of_room = len(row.tokens) >= row.limit
         if out_of_room or row.in_section >= cfg.max_fraction * row.section_budget():
             return self._next_boundary(row)
         return None
 
+    def _replay(self, row: _Row, occurrence: int) -> list[int]:
+        """Tokens that play section `occurrence` of the row's piece again from the current time: its notes
+        shifted to start at the onset floor, encoded, minus the header and the <T> tokens already passed.
+        Cut at a note boundary so that the piece stays within its token limit."""
+        events, _ = self.tok.ids_to_events(row.tokens)
+        starts = np.flatnonzero(events.section >= 0)
+        if occurrence >= len(starts):
+            return []
+        end = starts[occurrence + 1] if occurrence + 1 < len(starts) else len(events)
+        notes = events.take(slice(int(starts[occurrence]), int(end)))
+        if len(notes) == 0:
+            return []
+        segments = int(np.sum(np.asarray(row.tokens) == self.tok.time_id))
+        now = segments * SEGMENT_MS + (row.onset_floor - self.onsets.start) * TIME_STEP_MS
+        notes = notes.shifted(now - int(notes.onset_ms.min()))
+        notes.section[:] = NO_SECTION
+        ids = self.tok.events_to_ids(notes)
+        body = ids[int(np.flatnonzero(ids == self.tok.bos_id)[0]) + 1:-1][segments:]
+        room = row.limit - len(row.tokens)
+        if len(body) > room:
+            groups = np.flatnonzero(np.isin(self.kinds[torch.as_tensor(body)].numpy(), (K_NOTE, K_DRUM, K_TIME)))
+            body = body[:int(groups[groups <= room].max(initial=0))]
+        return body.tolist()
+
     def _next_boundary(self, row: _Row) -> int:
         nxt = row.section + 1
         return self.tok.section_token_id(row.plan[nxt]) if nxt < len(row.plan) else self.tok.eos_id
 
-    def _advance(self, row: _Row, token: int) -> None:
+    def _advance(self, row: _Row, token: int, cfg: GenerationConfig) -> None:
         """Append a token and update the row's grammar, onset floor and place in the plan."""
         row.tokens.append(token)
         kind = int(self.kinds[token])
@@ -273,10 +312,14 @@ class StariaGenerator:
             return
         if kind == K_SECTION:
             row.lengths.append(row.in_section)
-            row.section, row.in_section = row.section + 1, 0
+            row.section, row.in_section, row.replayed = row.section + 1, 0, False
             # A section opens at a time of its own: its first note comes strictly after the last onset.
             if len(row.tokens) > 2:
                 row.onset_floor += 1
+            first = row.plan.index(row.plan[row.section])
+            if cfg.repeat == "copy" and first < row.section:
+                row.replay = self._replay(row, first)
+                row.replayed = not row.replay
             return
         row.in_section += 1
         previous = row.grammar
