@@ -151,3 +151,21 @@ def _staged(stage: str) -> StariaSeq2Seq:
     model = StariaSeq2Seq(PRESETS["tiny"])
     apply_stage(model, stage)
     return model
+
+
+def test_export_cli_turns_a_run_checkpoint_into_a_half_precision_model(tiny_synth, tmp_path):
+    run_dir = tmp_path / "run"
+    base = overrides(tiny_synth, run_dir, train__max_steps=2, train__checkpoint_every_n_steps=2)
+    assert CliRunner().invoke(app, ["music", "train", "staria", *base]).exit_code == 0
+    out = tmp_path / "shipped"
+    result = CliRunner().invoke(app, ["music", "export", "staria", *base, "--out", str(out), "--half"])
+    assert result.exit_code == 0, result.output
+    full, _ = load_model(run_dir / "model", StariaConfig, StariaSeq2Seq)
+    half, cfg = load_model(out, StariaConfig, StariaSeq2Seq)
+    state, _ = load_pretrained(out)
+    assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float16}
+    assert half.decoder.to_logits.weight is half.decoder.token_emb.emb.weight  # still tied after loading
+    for (name, a), b in zip(full.state_dict().items(), half.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3, msg=name)
+    missing = CliRunner().invoke(app, ["music", "export", "staria", *base, "--checkpoint", str(tmp_path / "no.ckpt")])
+    assert missing.exit_code == 2 and "not found" in missing.output

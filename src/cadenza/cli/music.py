@@ -133,6 +133,27 @@ def train(
     err.print(f"model exported to {export}")
 
 
+@app.command()
+def export(
+    task: str = typer.Argument(..., help="classifier | encoder | decoder | staria"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides, as for train."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="The run's YAML/JSON config."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Default: RUN_DIR/checkpoints/last.ckpt."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Export directory (default RUN_DIR/model)."),
+    half: bool = typer.Option(False, "--half", help="Store weights as float16 (half the size; for shipping)."),
+) -> None:
+    """Export a checkpoint of a training run (still going or stopped) as a model directory."""
+    from cadenza.core.checkpoint import CheckpointError, ConfigError
+    from cadenza.staria.train import export as run
+
+    try:
+        path = run(task, config, overrides or [], checkpoint=checkpoint, out=out, half=half)
+    except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as e:
+        err.print(f"[red]error[/red] {e}")
+        raise typer.Exit(2)
+    err.print(f"model exported to {path}")
+
+
 from cadenza.cli.music_wake_sleep import wake_sleep  # noqa: E402
 
 app.command("wake-sleep")(wake_sleep)

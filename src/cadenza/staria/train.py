@@ -2,7 +2,8 @@
 
 A config has four sections: `model` (a preset name plus any StariaConfig field), `data` (corpora and
 sequence lengths), `task` (the LightningModule's own knobs) and `train` (core.training.TrainConfig).
-When training ends the model is exported to `RUN_DIR/model` (safetensors + config.json).
+When training ends the model is exported to `RUN_DIR/model` (safetensors + config.json); `export` does
+the same for any checkpoint of a run that is still going or was stopped.
 `model.init_from=DIR` starts from the weights of such an export (its config is the base; fields set in
 the `model` section change it, e.g. dropout), which is how staged fine-tuning continues a model.
 """
@@ -13,7 +14,11 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from cadenza.core.checkpoint import CheckpointError, config_from_dict, load_pretrained, save_pretrained
+import torch
+
+from cadenza.core.checkpoint import (
+    CheckpointError, config_from_dict, export_lightning_checkpoint, load_pretrained, save_pretrained,
+)
 from cadenza.core.training import TrainConfig, fit, load_config, train_config
 from cadenza.staria.data import StariaDataModule
 from cadenza.staria.models import PRESETS, StariaConfig
@@ -94,3 +99,25 @@ def train(task: str, config_path: str | Path | None = None, overrides: list[str]
         save_pretrained(module.model, model_cfg, export,
                         extra={"task": task, "step": trainer.global_step, "config": cfg})
     return export
+
+
+def export(task: str, config_path: str | Path | None = None, overrides: list[str] = (),
+           checkpoint: str | Path | None = None, out: str | Path | None = None, half: bool = False) -> Path:
+    """Export a Lightning checkpoint of a `task` run (default RUN_DIR/checkpoints/last.ckpt) like the end of
+    `train` does (default to RUN_DIR/model); `half` stores float16 weights (loading casts them back)."""
+    cfg = load_config(config_path, list(overrides), defaults=default_config(task))
+    run_dir = Path(cfg["train"]["run_dir"])
+    checkpoint = Path(checkpoint) if checkpoint is not None else run_dir / "checkpoints" / "last.ckpt"
+    step = torch.load(checkpoint, map_location="cpu", weights_only=False).get("global_step") \
+        if checkpoint.is_file() else None
+    out = Path(out) if out is not None else run_dir / "model"
+    export_lightning_checkpoint(checkpoint, out, model_config(cfg["model"]), prefix="model.",
+                                extra={"task": task, "step": step, "config": cfg}, kind="StariaConfig")
+    if half:
+        state_dict, document = load_pretrained(out, kind="StariaConfig")
+        halves: dict[int, torch.Tensor] = {}  # tied tensors (one embedding table) stay one tensor
+        state_dict = {k: halves.setdefault(v.data_ptr(), v.half()) if v.is_floating_point() else v
+                      for k, v in state_dict.items()}
+        save_pretrained(state_dict, model_config(cfg["model"]), out,
+                        extra={**document["extra"], "weights_dtype": "float16"}, kind="StariaConfig")
+    return out
