@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The demo `make demo` runs: real music in, tokens, a synthetic piece in a known form out, rendered to audio.
+# The demo `make demo` runs: real music in, tokens, a synthetic piece in a known form out, rendered to audio;
+# then the shipped generator writes new pieces in a requested form, rendered and judged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1
@@ -27,3 +28,7 @@ cadenza data export "$OUT/synth" "$OUT/aba" --form ABA --limit 1
 echo "== 4. render the ABA piece (section markers A, B, A inside) to audio"
 cadenza music render "$OUT"/aba/*.mid --out-dir "$OUT/audio"
 ls -l "$OUT"/aba/*.mid "$OUT"/audio/*.wav
+
+echo "== 5. the shipped Staria generator writes a piece in ABAC form (WAV + piano roll), and we judge its form"
+cadenza music generate --form ABAC --num 2 --seed 0 --out-dir "$OUT/generated" --wav --png
+cadenza music evaluate "$OUT/generated" --form ABAC | tail -n 12

@@ -249,3 +249,31 @@ def test_cli_prints_table_and_writes_json(midi_dir, tmp_path):
     assert {"pitch_class_entropy", "groove_consistency", "empty_beat_rate"} <= set(report["pieces"][0]["statistics"])
     bad_form = CliRunner().invoke(app, ["music", "evaluate", str(midi_dir), "--form", "XYZ"])
     assert bad_form.exit_code == 2
+
+
+def test_cli_with_classifier_and_heldout_perplexity(midi_dir, real_corpus, tmp_path):
+    import torch
+
+    from cadenza.core.checkpoint import save_pretrained
+    from cadenza.staria.generate import StariaGenerator
+    from cadenza.staria.models import PRESETS, SectionClassifier, StariaSeq2Seq
+
+    torch.manual_seed(0)
+    generator, classifier = StariaSeq2Seq(PRESETS["tiny"]), SectionClassifier(PRESETS["tiny"])
+    save_pretrained(generator, PRESETS["tiny"], tmp_path / "gen")
+    save_pretrained(classifier, PRESETS["tiny"], tmp_path / "cls")
+    out = tmp_path / "report.json"
+    args = ["music", "evaluate", str(midi_dir), "--form", "ABA", "--out", str(out), "--classifier",
+            str(tmp_path / "cls"), "--model", str(tmp_path / "gen"), "--heldout", str(real_corpus)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output  # broken.mid is still skipped
+    report = json.loads(out.read_text())
+    heldout = report["heldout"]
+    assert heldout["n_pieces"] == 4 and heldout["split"] == "test" and "held-out" in result.output
+    # An untrained model is about as unsure as a uniform guess over the vocabulary.
+    assert 0.2 * tok.vocab_size < heldout["perplexity"] < 5 * tok.vocab_size
+    nll, n = StariaGenerator(generator).nll(TokenCache(real_corpus).ids(0))
+    assert n > 0 and nll / n == pytest.approx(math.log(tok.vocab_size), rel=0.3)
+    assert all("classifier_form" in p for p in report["pieces"])
+    alone = CliRunner().invoke(app, ["music", "evaluate", str(midi_dir), "--model", str(tmp_path / "gen")])
+    assert alone.exit_code == 2 and "go together" in alone.output

@@ -15,16 +15,27 @@ def evaluate(
     directory: Path = typer.Argument(..., help="Folder of MIDI files (searched recursively)."),
     form: Optional[str] = typer.Option(None, "--form", "-f", help="Requested form, e.g. ABA: the markers must spell it."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON report (default DIRECTORY/evaluation.json)."),
+    classifier: Optional[Path] = typer.Option(None, "--classifier", help="Section classifier export: also report "
+                                              "the form it hears in each piece (markers removed)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Generator export for --heldout perplexity."),
+    heldout: Optional[Path] = typer.Option(None, "--heldout", help="Corpus (e.g. data/music21) whose test split "
+                                           "gives the held-out real pieces for the model's perplexity."),
+    heldout_limit: int = typer.Option(100, "--heldout-limit", help="At most this many held-out pieces."),
 ) -> None:
     """Judge whether each piece's sections follow its section letters, and report music statistics.
 
     A piece's form is found when every pair of same-letter sections shares material and every pair of
     different-letter sections does not (piano roll, melodic n-grams, pitch-class, interval and rhythm
     histograms, note density; transposition-aware). Prints a table and writes a JSON report; files that
-    are not MIDI are reported and skipped (exit status 1 if any was skipped).
+    are not MIDI are reported and skipped (exit status 1 if any was skipped). With --classifier, also
+    the form the section classifier hears; with --model and --heldout, the generator's perplexity on
+    held-out real pieces.
     """
-    from cadenza.staria.evaluate import evaluate_dir, print_report, write_report
+    from cadenza.core.checkpoint import CheckpointError
+    from cadenza.staria.evaluate import evaluate_dir, heldout_perplexity, print_report, write_report
     from cadenza.staria.forms import validate_form
+    from cadenza.staria.generate import StariaGenerator
+    from cadenza.staria.wake_sleep import SectionLabeller
 
     if form is not None:
         try:
@@ -32,12 +43,26 @@ def evaluate(
         except ValueError as e:
             err.print(f"[red]error[/red] --form: {e}")
             raise typer.Exit(2)
+    if (model is None) != (heldout is None):
+        err.print("[red]error[/red] --model and --heldout go together")
+        raise typer.Exit(2)
     try:
-        report = evaluate_dir(directory, form, progress=True)
-    except FileNotFoundError as e:
+        classifier_fn = None
+        if classifier is not None:
+            labeller = SectionLabeller.from_pretrained(classifier)
+            classifier_fn = lambda ids: labeller([ids])[0]  # noqa: E731
+        report = evaluate_dir(directory, form, classifier_fn=classifier_fn, progress=True)
+        if model is not None:
+            report["heldout"] = heldout_perplexity(StariaGenerator.from_pretrained(model).nll, heldout,
+                                                   limit=heldout_limit)
+    except (FileNotFoundError, CheckpointError, ValueError) as e:
         err.print(f"[red]error[/red] {e}")
         raise typer.Exit(2)
     print_report(report, Console())
+    if "heldout" in report:
+        h = report["heldout"]
+        Console().print(f"perplexity on {h['n_pieces']} held-out pieces of {h['corpus']} ({h['split']}): "
+                        f"{h['perplexity']:.2f} ({h['n_tokens']} tokens)")
     path = write_report(report, out or directory / "evaluation.json")
     err.print(f"report -> {path}")
     if report["n_evaluated"] == 0:

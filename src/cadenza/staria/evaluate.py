@@ -17,7 +17,7 @@ from cadenza.staria.events import DRUM, TIME_STEP_MS, MusicEvents
 from cadenza.staria.form_adherence import (
     ALIKE, DISTINCT, MIN_SECTION_NOTES, PieceInput, load_piece, section_adherence, shared_tokenizer, split_sections,
 )
-from cadenza.staria.forms import condense, form_from_labels
+from cadenza.staria.forms import condense, decode_sections, form_from_labels
 from cadenza.staria.midi import MidiError
 
 
@@ -156,16 +156,17 @@ NllFn = Callable[[np.ndarray], tuple[float, int]]  # ids -> (summed negative log
 
 
 def classifier_labels(classifier_fn: ClassifierFn, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted section per token, marker label per token) of `ids` with its section tokens removed."""
+    """(predicted section per token, marker label per token) of `ids` with its section tokens removed;
+    predictions are whole sections (`decode_sections`)."""
     stripped, labels = shared_tokenizer().strip_sections(np.asarray(ids, dtype=np.int64))
     probs = np.asarray(classifier_fn(stripped))
     if probs.ndim != 2 or probs.shape[0] != len(stripped):
         raise ValueError(f"classifier_fn returned shape {probs.shape}; expected ({len(stripped)}, n_sections)")
-    return probs.argmax(axis=1), labels
+    return decode_sections(probs), labels
 
 
 def recovered_form_by_classifier(classifier_fn: ClassifierFn, ids: np.ndarray) -> str:
-    """The form the section classifier hears: form_from_labels of its per-token argmax (no section tokens)."""
+    """The form the section classifier hears: form_from_labels of its decoded sections (no section tokens)."""
     return form_from_labels(classifier_labels(classifier_fn, ids)[0])
 
 
@@ -179,6 +180,19 @@ def perplexity(nll_fn: NllFn, pieces: Iterable[np.ndarray]) -> dict[str, float]:
         return {"perplexity": float("nan"), "nll_per_token": float("nan"), "n_tokens": 0, "n_pieces": n_pieces}
     mean = total_nll / total_tokens
     return {"perplexity": math.exp(mean), "nll_per_token": mean, "n_tokens": total_tokens, "n_pieces": n_pieces}
+
+
+def heldout_perplexity(nll_fn: NllFn, corpus: str | Path, split: str = "test", limit: int | None = 100) -> dict:
+    """Perplexity over the `split` pieces of a token-cache corpus (e.g. the music21 corpus' test split:
+    real music no model trained on), at most `limit` of them spread over the split."""
+    from cadenza.staria.cache import TokenCache
+    from cadenza.staria.classifier_eval import select_pieces
+
+    cache = TokenCache(corpus)
+    indices = select_pieces(cache, split, limit)
+    if not indices:
+        raise ValueError(f"{corpus}: no pieces in split {split!r}")
+    return {"corpus": str(corpus), "split": split, **perplexity(nll_fn, (cache.ids(i) for i in indices))}
 
 
 # ---- whole pieces and directories -------------------------------------------------------------------

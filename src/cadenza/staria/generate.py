@@ -159,6 +159,18 @@ class StariaGenerator:
         return [self.tok.detokenize(ids) for ids in pieces]
 
     @torch.inference_mode()
+    def nll(self, ids: np.ndarray, form: str = "A") -> tuple[float, int]:
+        """(summed negative log-likelihood, number of tokens) of a piece's tokens after `<S>` (its first
+        `max_seq_len` tokens) under the unconditional prompt `<PROMPT_START> <FORM>` of classifier-free
+        guidance: how well the model predicts real music it is given no snippets of."""
+        ids = torch.as_tensor(np.asarray(ids, dtype=np.int64)[:self.model.cfg.max_seq_len])[None]
+        prompt = torch.tensor([[self.tok.prompt_start_id, self.tok.form_ids[validate_form(form)]]])
+        logits = self.model(prompt, torch.ones_like(prompt, dtype=torch.bool), ids[:, :-1])
+        first = int(np.flatnonzero(ids[0].numpy() == self.tok.bos_id)[0]) if (ids == self.tok.bos_id).any() else 0
+        nll = torch.nn.functional.cross_entropy(logits[0, first:], ids[0, first + 1:], reduction="sum")
+        return float(nll), int(ids.shape[1] - first - 1)
+
+    @torch.inference_mode()
     def generate_ids(self, form: str, prompts: list[np.ndarray], cfg: GenerationConfig) -> list[np.ndarray]:
         """Token ids of one piece per prompt, each following `form`."""
         validate_form(form)
