@@ -90,6 +90,17 @@ def test_copied_repeats_replay_their_first_occurrence(model, form):
             assert again.onset_ms[0] > sections[k - 1].onset_ms.max()
 
 
+def test_chords_are_capped_and_never_double_a_note(model):
+    gen = StariaGenerator(model)
+    prompt = gen.prompt("AB", _snippets(gen.tok, "AB"))
+    pieces = gen.generate_ids("AB", [prompt] * 3, GenerationConfig(max_tokens=400, seed=2, max_chord=3, temperature=2.0))
+    for ids in pieces:
+        events, _ = gen.tok.ids_to_events(ids)
+        notes = list(zip(events.onset_ms, events.instrument, events.pitch))
+        assert len(set(notes)) == len(notes)  # no note starts twice at one onset
+        assert np.unique(events.onset_ms, return_counts=True)[1].max() <= 3
+
+
 def test_unknown_repeat_mode_is_an_error(model):
     gen = StariaGenerator(model)
     with pytest.raises(ValueError, match="repeat mode"):

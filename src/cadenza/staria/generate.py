@@ -3,7 +3,9 @@
 Decoding runs on `CachedDecoder` (KV cache, one decoder step per token) under three sets of rules:
 
 - the token grammar: after a note comes its onset, after a melodic onset its duration, and onsets within
-  a 5 s segment never go backwards, so every sampled token is part of a valid note;
+  a 5 s segment never go backwards, so every sampled token is part of a valid note; a note never starts
+  twice at one onset, and at most `max_chord` notes start together (an undertrained model that has lost
+  track of time would otherwise pile notes onto the last onset of a segment);
 - a form plan: section tokens are not the model's to choose. Each section has a token budget; the next
   planned section token is allowed once a section has used `min_fraction` of it and forced at
   `max_fraction`, `<E>` only after the last section, and a repeated letter gets the length its first
@@ -60,6 +62,7 @@ class GenerationConfig:
     max_fraction: float = 1.3
     snippet_len: int = 256
     repeat: str = "copy"  # "copy": a repeated letter replays its first occurrence; "free": the model writes it
+    max_chord: int = 8  # notes that may start at one onset
     seed: int | None = None
 
     def sampling(self) -> SamplingConfig:
@@ -82,6 +85,8 @@ class _Row:
     lengths: list[int] = field(default_factory=list)  # tokens each finished section took
     melodic: bool = False  # the last note token was melodic (its onset is followed by a duration)
     done: bool = False
+    pending: int = -1  # instrument-pitch key of the note waiting for its onset
+    chord: list[int] = field(default_factory=list)  # keys of the notes starting at onset_floor
     replay: list[int] = field(default_factory=list)  # tokens still to feed of a replayed repeat
     replayed: bool = False  # a replayed repeat has been fed in full: its section ends now
 
@@ -100,6 +105,8 @@ class StariaGenerator:
         # Half-precision projection weights: ~1.3x faster steps on a CPU, logits within 1e-2 (tested).
         self.decoder = CachedDecoder(model.decoder, weight_dtype=torch.float16)
         self.kinds = torch.as_tensor(self.tok.kinds(np.arange(self.tok.vocab_size)))
+        features = self.tok.note_features()
+        self.note_key = (features[:, 2] * 1000 + features[:, 0]).tolist()  # instrument and pitch of a note id
         self.onsets = slice(*self.tok.onset_range)
         self.durations = slice(*self.tok.duration_range)
 
@@ -247,7 +254,10 @@ class StariaGenerator:
     def _bias_row(self, row: _Row, cfg: GenerationConfig) -> int:
         """Which row of its state's bias table applies to a piece now (see `_bias_tables`)."""
         if row.grammar == NEEDS_ONSET:
-            return min(row.onset_floor - self.onsets.start, self.onsets.stop - self.onsets.start)
+            floor = row.onset_floor
+            if row.pending in row.chord and floor + 1 < self.onsets.stop:
+                floor += 1  # this note already starts at the floor: it goes later
+            return floor - self.onsets.start
         if row.onset_floor >= self.onsets.stop:  # no onset left in this segment: time must move on
             return 1
         if row.in_section >= cfg.min_fraction * row.section_budget():
@@ -328,6 +338,7 @@ class StariaGenerator:
             # A section opens at a time of its own: its first note comes strictly after the last onset.
             if len(row.tokens) > 2:
                 row.onset_floor += 1
+                row.chord = []
             first = row.plan.index(row.plan[row.section])
             if cfg.repeat == "copy" and first < row.section:
                 row.replay = self._replay(row, first)
@@ -338,10 +349,16 @@ class StariaGenerator:
         if kind in (K_NOTE, K_DRUM):
             row.grammar = NEEDS_ONSET
             row.melodic = kind == K_NOTE
+            row.pending = self.note_key[token]
         elif kind == K_ONSET:
+            if token != row.onset_floor:
+                row.chord = []
+            row.chord.append(row.pending)
             row.onset_floor = token
+            if len(row.chord) >= cfg.max_chord:  # a full chord: the next note starts later
+                row.onset_floor, row.chord = token + 1, []
             row.grammar = NEEDS_DURATION if previous == NEEDS_ONSET and row.melodic else FREE
         else:
             row.grammar = FREE
             if kind == K_TIME:
-                row.onset_floor = self.onsets.start
+                row.onset_floor, row.chord = self.onsets.start, []
