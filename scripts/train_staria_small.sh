@@ -15,7 +15,7 @@ mkdir -p "$RUNS" "$DATA"
 which=${1:-both}
 if [ "$which" = classifier ] || [ "$which" = both ]; then
   nohup cadenza music train classifier --config configs/staria_classifier_small.yaml --resume \
-      train.run_dir="$RUNS/classifier_small_v2" >> "$RUNS/classifier_small_v2.log" 2>&1 &
+      train.run_dir="$RUNS/classifier_small_v3" >> "$RUNS/classifier_small_v3.log" 2>&1 &
 fi
 if [ "$which" = staria ] || [ "$which" = both ]; then
   nohup cadenza music train staria --config configs/staria_small.yaml --resume \

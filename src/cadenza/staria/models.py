@@ -13,6 +13,7 @@ from torch import nn
 from x_transformers import Decoder, Encoder, TransformerWrapper, XTransformer
 
 from cadenza.staria.forms import FORM_LABEL_MAP
+from cadenza.staria.notes import NoteEmbedding
 from cadenza.staria.events import INSTRUMENTS
 from cadenza.staria.tokenizer import IGNORE_INDEX, N_PITCH, N_VELOCITY, StariaTokenizer
 
@@ -39,6 +40,9 @@ class StariaConfig:
     # Classifier and contrastive encoder: add embeddings of each note's pitch, velocity and instrument to
     # its token embedding (`NoteFeatures`), so a transposed or louder repeat shares most of its input.
     note_features: bool = False
+    # Classifier only: run the encoder over notes instead of tokens (`notes.NoteEmbedding`: intervals,
+    # inter-onset times, durations; ~3x shorter sequences) and read its per-note letters per token.
+    note_level: bool = False
 
     def with_overrides(self, **overrides) -> "StariaConfig":
         """A copy with some fields changed (unknown names are an error)."""
@@ -109,13 +113,22 @@ class SectionClassifier(nn.Module):
     def __init__(self, cfg: StariaConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = _encoder(cfg, cfg.max_seq_len)
-        self.features = NoteFeatures(cfg.dim) if cfg.note_features else None
+        if cfg.note_level:
+            self.notes = NoteEmbedding(cfg.dim)
+            self.encoder = Encoder(dim=cfg.dim, **_layer_kwargs(cfg, cfg.enc_depth, cfg.enc_heads))
+        else:
+            self.encoder = _encoder(cfg, cfg.max_seq_len)
+            self.features = NoteFeatures(cfg.dim) if cfg.note_features else None
         self.section_head = nn.Linear(cfg.dim, N_SECTIONS)
         self.form_head = nn.Linear(cfg.dim, len(FORM_LABEL_MAP))
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(section logits (batch, n, 4), form logits (batch, n_forms))."""
+        if self.cfg.note_level:
+            notes, note_mask, token_to_note = self.notes(ids, mask)
+            hidden = self.encoder(notes, mask=note_mask)
+            per_token = hidden.gather(1, token_to_note.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            return self.section_head(per_token), self.form_head(masked_mean(hidden, note_mask))
         hidden = _encode(self.encoder, self.features, ids, mask)
         return self.section_head(hidden), self.form_head(masked_mean(hidden, mask))
 
