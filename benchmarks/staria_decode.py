@@ -70,7 +70,8 @@ def main() -> None:
         gen = StariaGenerator(StariaSeq2Seq(model_config(section)).eval())
         model_name = f"random weights, {CONFIG.name} shape"
     else:
-        gen, model_name = StariaGenerator.from_pretrained(args.model), str(args.model or PRETRAINED_DIR)
+        gen = StariaGenerator.from_pretrained(args.model)
+        model_name = str(args.model) if args.model else "shipped: src/cadenza/pretrained/staria_small"
     form = "ABAC"
     snippets = gen.snippets(form, None, seed=0)
     prompt = gen.prompt(form, snippets)
