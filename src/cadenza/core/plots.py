@@ -104,3 +104,21 @@ def spectrogram_png(wav: np.ndarray, sr: int, out_png: str | Path, title: str | 
         ax.set_title(title)
     fig.tight_layout()
     return _save(fig, out_png)
+
+
+def curves_png(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], out_png: str | Path,
+               title: str | None = None, ylabel: str | None = None, xlabel: str = "step") -> Path:
+    """Line plot of named (x, y) series, e.g. training curves of several runs; write a PNG."""
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    ax = fig.add_subplot()
+    for name, (x, y) in series.items():
+        ax.plot(np.asarray(x), np.asarray(y), label=name, marker="o" if len(x) < 40 else None, markersize=3)
+    ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out_png)
