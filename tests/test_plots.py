@@ -8,7 +8,7 @@ import pytest
 from matplotlib.image import imread
 
 import cadenza.core.plots as plots
-from cadenza.core.plots import piano_roll_png, spectrogram_png
+from cadenza.core.plots import curves_png, piano_roll_png, spectrogram_png
 from cadenza.staria.cache import TokenCache
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -48,3 +48,20 @@ def test_core_plots_do_not_import_staria():
     modules = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     assert not any("staria" in m or "higgs_audio" in m for m in modules)
+
+
+def test_training_curves_merge_resumed_log_versions(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plot_curves", Path(__file__).parent.parent / "scripts/plot_curves.py")
+    plot_curves = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot_curves)
+    for version, rows in enumerate([["0,0.5,", "10,0.4,", "20,0.3,"], ["20,0.25,", "30,,0.9", "40,0.2,"]]):
+        log = tmp_path / f"logs/version_{version}/metrics.csv"
+        log.parent.mkdir(parents=True)
+        log.write_text("step,val/mel,train/x\n" + "\n".join(rows) + "\n")
+    steps, values = plot_curves.read_metric(tmp_path, "val/mel")
+    assert steps.tolist() == [0, 10, 20, 40] and values.tolist() == [0.5, 0.4, 0.25, 0.2]  # the resumed run wins
+    assert plot_curves.smooth(steps, values, 2)[1].tolist() == [0.45, 0.225]
+    out = curves_png({"run": (steps, values)}, tmp_path / "curve.png", title="t", ylabel="val/mel")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
