@@ -205,10 +205,13 @@ def test_training_runs_resumes_and_exports(tmp_path):
     assert (run / "checkpoints" / "last.ckpt").exists()
     with pytest.raises(FileExistsError):
         train_codec(cfg, run, progress=False)
-    cfg.optim.max_steps = 3
-    train_codec(cfg, run, resume=True, progress=False)
+    for steps in (3, 4):  # every resume continues from the newest state, kept in last.ckpt
+        cfg.optim.max_steps = steps
+        train_codec(cfg, run, resume=True, progress=False)
+        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == steps
+    assert not list((run / "checkpoints").glob("last-v*.ckpt"))
     tok = load_audio_tokenizer(export)
-    assert json.loads((export / "config.json").read_text())["extra"]["step"] == 3
+    assert json.loads((export / "config.json").read_text())["extra"]["step"] == 4
     assert tuple(tok.encode(speechlike(0.4), sr=SR).shape) == (8, 10)
 
 
