@@ -5,6 +5,7 @@ unless the test is about it.
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -205,11 +206,15 @@ def test_training_runs_resumes_and_exports(tmp_path):
     assert (run / "checkpoints" / "last.ckpt").exists()
     with pytest.raises(FileExistsError):
         train_codec(cfg, run, progress=False)
-    for steps in (3, 4):  # every resume continues from the newest state, kept in last.ckpt
+    # A run directory that moved (copied from another machine) still resumes from its newest state every
+    # time: last.ckpt is overwritten, never versioned as last-v1.ckpt.
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    for steps in (3, 4):
         cfg.optim.max_steps = steps
-        train_codec(cfg, run, resume=True, progress=False)
-        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == steps
-    assert not list((run / "checkpoints").glob("last-v*.ckpt"))
+        export = train_codec(cfg, moved, resume=True, progress=False)
+        assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == steps
+    assert not list((moved / "checkpoints").glob("last-v*.ckpt"))
     tok = load_audio_tokenizer(export)
     assert json.loads((export / "config.json").read_text())["extra"]["step"] == 4
     assert tuple(tok.encode(speechlike(0.4), sr=SR).shape) == (8, 10)

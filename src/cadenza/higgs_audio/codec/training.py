@@ -372,8 +372,8 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, resume: bool = False
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
         every_n_train_steps=o.checkpoint_every, save_top_k=o.keep_checkpoints, monitor="step", mode="max", save_last=True,
-        # A resumed run must overwrite last.ckpt: with Lightning's version counter it wrote last-v1.ckpt,
-        # and the next --resume went back to the stale last.ckpt.
+        # A resumed run must overwrite last.ckpt: in a run directory that had moved, Lightning's version
+        # counter wrote last-v1.ckpt instead, and the next --resume went back to the stale last.ckpt.
         enable_version_counter=False,
     )
     export_dir = run_dir / "export"
