@@ -110,17 +110,13 @@ def test_decode_sections_turns_flicker_into_whole_sections():
     assert decode_sections(np.roll(probs, 1, axis=1))[0] == 0
 
 
-def test_note_features_make_varied_repeats_share_inputs():
+def test_note_features_say_what_each_note_id_means():
     tok = StariaTokenizer()
     features = tok.note_features()
     loud, soft, up = (features[tok.token_to_id[t]] for t in [("piano", 60, 80), ("piano", 60, 40), ("piano", 62, 80)])
     assert loud[0] == soft[0] and loud[2] == soft[2] and loud[1] != soft[1]  # same pitch and instrument
     assert loud[1] == up[1] and loud[0] != up[0]
     assert (features[tok.time_id] == 0).all() and features[tok.token_to_id[("drum", 36)]][0] > 128
-    model = SectionClassifier(PRESETS["tiny"].with_overrides(note_features=True))
-    ids = torch.tensor([[tok.token_to_id[("piano", 60, 80)], tok.onset_range[0], tok.duration_range[0]]])
-    sections, forms = model(ids, torch.ones_like(ids, dtype=torch.bool))
-    assert sections.shape == (1, 3, N_SECTIONS) and forms.shape == (1, len(FORM_LABEL_MAP))
 
 
 SHIPPED_CLASSIFIER = Path(__file__).parent.parent / "src/cadenza/pretrained/staria_classifier_small"

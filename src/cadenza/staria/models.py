@@ -14,8 +14,7 @@ from x_transformers import Decoder, Encoder, TransformerWrapper, XTransformer
 
 from cadenza.staria.forms import FORM_LABEL_MAP
 from cadenza.staria.notes import NoteEmbedding
-from cadenza.staria.events import INSTRUMENTS
-from cadenza.staria.tokenizer import IGNORE_INDEX, N_PITCH, N_VELOCITY, StariaTokenizer
+from cadenza.staria.tokenizer import IGNORE_INDEX, StariaTokenizer
 
 N_SECTIONS = 4
 
@@ -37,9 +36,6 @@ class StariaConfig:
     # PyTorch's fused attention: measured 1.7x faster than x-transformers' einsum path for training on
     # 1 CPU thread at 1024 tokens (and the way to go on GPUs).
     flash: bool = True
-    # Classifier and contrastive encoder: add embeddings of each note's pitch, velocity and instrument to
-    # its token embedding (`NoteFeatures`), so a transposed or louder repeat shares most of its input.
-    note_features: bool = False
     # Classifier only: run the encoder over notes instead of tokens (`notes.NoteEmbedding`: intervals,
     # inter-onset times, durations; ~3x shorter sequences) and read its per-note letters per token.
     note_level: bool = False
@@ -75,32 +71,6 @@ def _encoder(cfg: StariaConfig, max_len: int) -> TransformerWrapper:
                               attn_layers=Encoder(dim=cfg.dim, **_layer_kwargs(cfg, cfg.enc_depth, cfg.enc_heads)))
 
 
-class NoteFeatures(nn.Module):
-    """Sum of pitch, velocity and instrument embeddings of each token (zero vectors for non-notes).
-
-    A note token stands for (instrument, pitch, velocity) at once: 25k ids, each with an embedding learnt
-    on its own. Factored embeddings are learnt from every note that shares a pitch, velocity or
-    instrument, which the section classifier needs to hear a varied repeat as a repeat."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.register_buffer("table", torch.as_tensor(StariaTokenizer().note_features()), persistent=False)
-        self.pitch = nn.Embedding(1 + 2 * N_PITCH, dim, padding_idx=0)
-        self.velocity = nn.Embedding(1 + N_VELOCITY, dim, padding_idx=0)
-        self.instrument = nn.Embedding(1 + len(INSTRUMENTS), dim, padding_idx=0)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        features = self.table[ids]
-        return self.pitch(features[..., 0]) + self.velocity(features[..., 1]) + self.instrument(features[..., 2])
-
-
-def _encode(encoder: TransformerWrapper, features: NoteFeatures | None, ids: torch.Tensor,
-            mask: torch.Tensor) -> torch.Tensor:
-    """Encoder hidden states (batch, n, dim), with note-feature embeddings added to the input if given."""
-    extra = features(ids) if features is not None else None
-    return encoder(ids, mask=mask, return_embeddings=True, sum_embeds=extra)
-
-
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the sequence of hidden states (batch, n, dim) where mask (batch, n) is True."""
     weights = mask.unsqueeze(-1).to(hidden.dtype)
@@ -118,7 +88,6 @@ class SectionClassifier(nn.Module):
             self.encoder = Encoder(dim=cfg.dim, **_layer_kwargs(cfg, cfg.enc_depth, cfg.enc_heads))
         else:
             self.encoder = _encoder(cfg, cfg.max_seq_len)
-            self.features = NoteFeatures(cfg.dim) if cfg.note_features else None
         self.section_head = nn.Linear(cfg.dim, N_SECTIONS)
         self.form_head = nn.Linear(cfg.dim, len(FORM_LABEL_MAP))
 
@@ -129,7 +98,7 @@ class SectionClassifier(nn.Module):
             hidden = self.encoder(notes, mask=note_mask)
             per_token = hidden.gather(1, token_to_note.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
             return self.section_head(per_token), self.form_head(masked_mean(hidden, note_mask))
-        hidden = _encode(self.encoder, self.features, ids, mask)
+        hidden = self.encoder(ids, mask=mask, return_embeddings=True)
         return self.section_head(hidden), self.form_head(masked_mean(hidden, mask))
 
 
@@ -140,12 +109,11 @@ class SnippetEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = _encoder(cfg, cfg.max_prompt_len)
-        self.features = NoteFeatures(cfg.dim) if cfg.note_features else None
         self.projection = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.projection_dim))
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Unit-norm embeddings (batch, projection_dim)."""
-        hidden = _encode(self.encoder, self.features, ids, mask)
+        hidden = self.encoder(ids, mask=mask, return_embeddings=True)
         return F.normalize(self.projection(masked_mean(hidden, mask)), dim=-1)
 
 
