@@ -276,6 +276,20 @@ def load_model(
     return model.to(device).eval(), config
 
 
+def half_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Float tensors as float16 (for shipping: half the size; loading casts back), tied tensors still tied."""
+    halves: dict[int, torch.Tensor] = {}
+    out = {}
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point():
+            key = tensor.data_ptr()
+            if key not in halves:
+                halves[key] = tensor.detach().half()
+            tensor = halves[key]
+        out[name] = tensor
+    return out
+
+
 def export_lightning_checkpoint(
     ckpt_path: str | Path,
     directory: str | Path,
@@ -283,8 +297,10 @@ def export_lightning_checkpoint(
     prefix: str = "",
     extra: dict | None = None,
     kind: str | None = None,
+    half: bool = False,
 ) -> Path:
-    """Turn a Lightning `.ckpt` (resume state) into a shipped directory: weights under `prefix` (stripped) + config."""
+    """Turn a Lightning `.ckpt` (resume state) into a shipped directory: weights under `prefix` (stripped) + config;
+    `half` stores float16 weights."""
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
         raise CheckpointError(f"{ckpt_path}: Lightning checkpoint not found")
@@ -298,5 +314,8 @@ def export_lightning_checkpoint(
     state_dict = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     if not state_dict:
         raise CheckpointError(f"{ckpt_path}: no weights start with prefix '{prefix}'")
-    info = {"global_step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch"), "source": ckpt_path.name}
+    info = {"global_step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch"), "source": ckpt_path.name,
+            "weights_dtype": "float16" if half else "float32"}
+    if half:
+        state_dict = half_state_dict(state_dict)
     return save_pretrained(state_dict, config, directory, extra={**info, **(extra or {})}, kind=kind)

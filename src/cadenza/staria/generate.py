@@ -317,7 +317,7 @@ class StariaGenerator:
         body = ids[int(np.flatnonzero(ids == self.tok.bos_id)[0]) + 1:-1][segments:]
         room = row.limit - len(row.tokens)
         if len(body) > room:
-            groups = np.flatnonzero(np.isin(self.kinds[torch.as_tensor(body)].numpy(), (K_NOTE, K_DRUM, K_TIME)))
+            groups = np.flatnonzero(np.isin(self.tok.kinds(body), (K_NOTE, K_DRUM, K_TIME)))
             body = body[:int(groups[groups <= room].max(initial=0))]
         return body.tolist()
 

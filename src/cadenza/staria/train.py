@@ -14,8 +14,6 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from cadenza.core.checkpoint import (
     CheckpointError, config_from_dict, export_lightning_checkpoint, load_pretrained, save_pretrained,
 )
@@ -108,16 +106,6 @@ def export(task: str, config_path: str | Path | None = None, overrides: list[str
     cfg = load_config(config_path, list(overrides), defaults=default_config(task))
     run_dir = Path(cfg["train"]["run_dir"])
     checkpoint = Path(checkpoint) if checkpoint is not None else run_dir / "checkpoints" / "last.ckpt"
-    step = torch.load(checkpoint, map_location="cpu", weights_only=False).get("global_step") \
-        if checkpoint.is_file() else None
     out = Path(out) if out is not None else run_dir / "model"
-    export_lightning_checkpoint(checkpoint, out, model_config(cfg["model"]), prefix="model.",
-                                extra={"task": task, "step": step, "config": cfg}, kind="StariaConfig")
-    if half:
-        state_dict, document = load_pretrained(out, kind="StariaConfig")
-        halves: dict[int, torch.Tensor] = {}  # tied tensors (one embedding table) stay one tensor
-        state_dict = {k: halves.setdefault(v.data_ptr(), v.half()) if v.is_floating_point() else v
-                      for k, v in state_dict.items()}
-        save_pretrained(state_dict, model_config(cfg["model"]), out,
-                        extra={**document["extra"], "weights_dtype": "float16"}, kind="StariaConfig")
-    return out
+    return export_lightning_checkpoint(checkpoint, out, model_config(cfg["model"]), prefix="model.",
+                                       extra={"task": task, "config": cfg}, kind="StariaConfig", half=half)

@@ -32,11 +32,11 @@ def save_codec(model: Codec, out_dir: str | Path, extra: dict | None = None, hal
     `extra` (e.g. the training step) is stored beside the config. `half` stores float weights as
     float16 (half the size, for shipping); loading casts them back to float32.
     """
-    from cadenza.core.checkpoint import save_pretrained
+    from cadenza.core.checkpoint import half_state_dict, save_pretrained
 
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     if half:
-        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        state = half_state_dict(state)
     return save_pretrained(state, model.cfg, out_dir, extra={**(extra or {}), "weights_dtype": "float16" if half else "float32"})
 
 
