@@ -1,0 +1,107 @@
+"""The delay pattern over codebooks: build it for training, constrain it in generation, revert it for the codec.
+
+Codebook k of an audio clip is shifted right by k positions, so one decode step (one "delayed column")
+predicts codebook 0 of frame t, codebook 1 of frame t - 1, ... : coarse codebooks are fixed before the
+finer ones of the same frame are predicted. For n_q = 3 and T = 2 frames (B = BOS, E = EOS):
+
+    column   0  1  2  3  4  5
+    k = 0    B  a0 a1 E  E  E
+    k = 1    B  B  b0 b1 E  E
+    k = 2    B  B  B  c0 c1 E
+
+Codebook k holds BOS at columns 0..k, frame t at column t + 1 + k and EOS from column T + 1 + k on;
+column 0 is all BOS and column T + n_q is all EOS, so the pattern has T + n_q + 1 columns.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+
+
+def build_delay_pattern(codes: torch.LongTensor, bos_id: int, eos_id: int) -> torch.LongTensor:
+    """Delay codes [n_q, T] into [n_q, T + n_q + 1]: row k = [BOS] * (k + 1) + codes[k] + [EOS] * (n_q - k)."""
+    n_q, T = codes.shape
+    delayed = codes.new_full((n_q, T + n_q + 1), eos_id)
+    for k in range(n_q):
+        delayed[k, :k + 1] = bos_id
+        delayed[k, k + 1:k + 1 + T] = codes[k]
+    return delayed
+
+
+def revert_delay_pattern(delayed: torch.LongTensor, codebook_size: int | None = None) -> torch.LongTensor:
+    """Undo build_delay_pattern: [n_q, L] -> [n_q, L - n_q - 1]; clip to [0, codebook_size - 1] if given."""
+    n_q, L = delayed.shape
+    T = L - n_q - 1
+    if T < 0:
+        raise ValueError(f"a delayed stream of {n_q} codebooks needs at least {n_q + 1} columns, got {L}")
+    codes = torch.stack([delayed[k, k + 1:k + 1 + T] for k in range(n_q)])
+    return codes.clamp(0, codebook_size - 1) if codebook_size is not None else codes
+
+
+class DelayReverter:
+    """Reverts a delayed stream column by column, for streaming decode.
+
+    Original frame t is complete once delayed column t + n_q is pushed (column 0 being the all-BOS
+    column). It is returned one column later, by the push of column t + n_q + 1: the reverter does not
+    read values, so only a following column shows that frame t is not the all-EOS frame that closes the
+    stream (column T + n_q, the last). Like revert_delay_pattern, it thus treats the last complete frame
+    of any stream as the closing one, and push outputs alone concatenate to revert_delay_pattern's output.
+    """
+
+    def __init__(self, n_q: int) -> None:
+        self.n_q = n_q
+        self._window: deque[torch.Tensor] = deque(maxlen=n_q)  # the last n_q columns pushed
+        self._pushed = 0
+
+    def push(self, frame: torch.LongTensor) -> torch.LongTensor:
+        """Take delayed column [n_q]; return the original frames [n_q, k] (k = 0 or 1) it releases."""
+        ready = self._pushed >= self.n_q + 1  # the window holds columns t + 1 .. t + n_q of frame t >= 0
+        released = torch.stack(list(self._window), dim=1).diagonal()[:, None] if ready else self._empty(frame)
+        self._window.append(frame)
+        self._pushed += 1
+        return released
+
+    def flush(self) -> torch.LongTensor:
+        """End the stream and reset; the frames [n_q, 0] left are none, the held one being the closing frame."""
+        device = self._window[-1].device if self._window else None
+        self._window.clear()
+        self._pushed = 0
+        return torch.empty((self.n_q, 0), dtype=torch.long, device=device)
+
+    def _empty(self, like: torch.Tensor) -> torch.LongTensor:
+        return like.new_empty((self.n_q, 0))
+
+
+def delay_constraints(step: int, eos_column: int | None, n_q: int, bos_id: int,
+                      eos_id: int) -> tuple[torch.BoolTensor, torch.BoolTensor]:
+    """Which codebooks must be BOS and which must be EOS at delayed column `step` (>= 1 in generation).
+
+    Codebook k is BOS at columns <= k. Once codebook 0 has sampled EOS at column `eos_column` (= T + 1),
+    codebook k is EOS from column eos_column + k on: the staircase, which ends the stream after column
+    eos_column + n_q - 1. Everywhere else a codebook must sample a real code, except that codebook 0 may
+    sample EOS to end the audio (apply_delay_constraints does all of this on logits). bos_id and eos_id
+    are not needed for the masks; they are taken so callers pass the same arguments to both functions.
+    """
+    k = torch.arange(n_q)
+    force_bos = k >= step
+    force_eos = (k <= step - eos_column) if eos_column is not None else torch.zeros(n_q, dtype=torch.bool)
+    return force_bos, force_eos
+
+
+def apply_delay_constraints(logits: torch.Tensor, step: int, eos_column: int | None, bos_id: int,
+                            eos_id: int) -> torch.Tensor:
+    """Mask logits [..., n_q, V] so that sampling at delayed column `step` follows the delay pattern."""
+    force_bos, force_eos = delay_constraints(step, eos_column, logits.shape[-2], bos_id, eos_id)
+    forced = (force_bos | force_eos).to(logits.device)
+    logits = logits.clone()
+    # Free codebooks sample real codes: never BOS, and EOS only in codebook 0, which decides when the audio ends.
+    logits[..., bos_id] = logits[..., bos_id].masked_fill(~forced, float("-inf"))
+    logits[..., 1:, eos_id] = logits[..., 1:, eos_id].masked_fill(~forced[1:], float("-inf"))
+    # Forced codebooks put all their probability on the forced token.
+    rows = forced.nonzero().squeeze(1)
+    targets = torch.where(force_bos, bos_id, eos_id).to(logits.device)[forced]
+    logits[..., rows, :] = float("-inf")
+    logits[..., rows, targets] = 0.0
+    return logits

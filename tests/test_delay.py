@@ -1,0 +1,95 @@
+"""Delay pattern: build/revert round trip, streaming revert, and generation constraints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cadenza.higgs_audio.delay import (
+    DelayReverter,
+    apply_delay_constraints,
+    build_delay_pattern,
+    delay_constraints,
+    revert_delay_pattern,
+)
+
+CODEBOOK_SIZE = 16
+BOS, EOS = CODEBOOK_SIZE, CODEBOOK_SIZE + 1
+SHAPES = [(n_q, T) for n_q in (1, 2, 8) for T in (1, 2, 5, 13)]
+
+
+def _codes(n_q: int, T: int, seed: int = 0) -> torch.LongTensor:
+    return torch.randint(0, CODEBOOK_SIZE, (n_q, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("n_q,T", SHAPES)
+def test_build_rows_and_revert_round_trip(n_q: int, T: int) -> None:
+    codes = _codes(n_q, T)
+    delayed = build_delay_pattern(codes, BOS, EOS)
+    assert delayed.shape == (n_q, T + n_q + 1)
+    for k in range(n_q):
+        expected = [BOS] * (k + 1) + codes[k].tolist() + [EOS] * (n_q - k)
+        assert delayed[k].tolist() == expected
+    assert torch.equal(revert_delay_pattern(delayed), codes)
+
+
+def test_revert_clips_only_when_asked() -> None:
+    delayed = build_delay_pattern(_codes(3, 4), BOS, EOS)
+    delayed[1, 3] = EOS  # a stray special code inside the audio
+    assert revert_delay_pattern(delayed)[1, 1] == EOS
+    assert revert_delay_pattern(delayed, codebook_size=CODEBOOK_SIZE)[1, 1] == CODEBOOK_SIZE - 1
+
+
+@pytest.mark.parametrize("n_q,T", SHAPES)
+def test_incremental_revert_equals_revert(n_q: int, T: int) -> None:
+    delayed = build_delay_pattern(_codes(n_q, T, seed=T), BOS, EOS)
+    reverter = DelayReverter(n_q)
+    outs = [reverter.push(delayed[:, c]) for c in range(delayed.shape[1])]
+    assert all(out.shape[0] == n_q and out.shape[1] in (0, 1) for out in outs)
+    # Frame t is complete at column t + n_q and released by the next push.
+    released_at = [c for c, out in enumerate(outs) if out.shape[1] == 1]
+    assert released_at == [t + n_q + 1 for t in range(T)]
+    assert torch.equal(torch.cat(outs + [reverter.flush()], dim=1), revert_delay_pattern(delayed))
+    # flush resets: the reverter takes the next stream from scratch.
+    again = torch.cat([reverter.push(delayed[:, c]) for c in range(delayed.shape[1])], dim=1)
+    assert torch.equal(again, revert_delay_pattern(delayed))
+
+
+@pytest.mark.parametrize("n_q,T", SHAPES)
+def test_constraints_match_built_pattern(n_q: int, T: int) -> None:
+    delayed = build_delay_pattern(_codes(n_q, T), BOS, EOS)
+    for step in range(1, delayed.shape[1]):
+        force_bos, force_eos = delay_constraints(step, T + 1 if step >= T + 1 else None, n_q, BOS, EOS)
+        assert torch.equal(force_bos, delayed[:, step] == BOS)
+        assert torch.equal(force_eos, delayed[:, step] == EOS)
+
+
+@pytest.mark.parametrize("n_q", [1, 2, 8])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sampling_under_constraints_reverts_to_valid_codes(n_q: int, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    columns = [torch.full((n_q,), BOS)]  # column 0: the engine writes the all-BOS frame itself
+    eos_column, step = None, 1
+    while eos_column is None or step <= eos_column + n_q - 1:
+        logits = torch.randn(n_q, CODEBOOK_SIZE + 2, generator=gen) * 3
+        logits[0, EOS] += step / 4  # make codebook 0 end the audio sooner or later
+        probs = apply_delay_constraints(logits, step, eos_column, BOS, EOS).softmax(-1)
+        column = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+        if eos_column is None and column[0] == EOS:
+            eos_column = step
+        columns.append(column)
+        step += 1
+    delayed = torch.stack(columns, dim=1)
+    codes = revert_delay_pattern(delayed)
+    assert codes.shape == (n_q, eos_column - 1)
+    assert bool(((codes >= 0) & (codes < CODEBOOK_SIZE)).all())
+    assert torch.equal(build_delay_pattern(codes, BOS, EOS), delayed)
+
+
+def test_apply_constraints_on_batched_logits() -> None:
+    logits = torch.zeros(2, 3, CODEBOOK_SIZE + 2)
+    masked = apply_delay_constraints(logits, step=1, eos_column=None, bos_id=BOS, eos_id=EOS)
+    assert masked.shape == logits.shape and torch.equal(masked[0], masked[1])
+    assert masked[0, 0].isfinite().sum() == CODEBOOK_SIZE + 1  # codes or EOS
+    assert masked[0, 1:].argmax(-1).tolist() == [BOS, BOS]
+    assert logits.eq(0).all()  # the input is left untouched
