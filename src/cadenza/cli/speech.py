@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="Speech: the audio tokenizer (codec) and, later, Higgs Audio generation.")
+app = typer.Typer(no_args_is_help=True, help="Speech: the audio tokenizer (codec) and the Higgs Audio LM (train, generate).")
 codec_app = typer.Typer(no_args_is_help=True, help="Encode wavs to codes (.npy) and decode codes back to 24 kHz wavs.")
 app.add_typer(codec_app, name="codec")
 
@@ -174,3 +174,52 @@ def eval_codec_cmd(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(asdict(report), indent=1) + "\n")
         typer.echo(f"report written to {out}")
+
+
+# ----------------------------------------------------------------------------- the audio language model
+
+
+@app.command("encode-corpus")
+def encode_corpus_cmd(
+    corpus: Annotated[Path, typer.Argument(help="Speech corpus directory (from `cadenza data speech`).")],
+    model: ModelOption = None,
+) -> None:
+    """Encode every utterance of a corpus into audio codes once (CORPUS/codes/<codec hash>/), for `speech train`."""
+    from cadenza.higgs_audio.dataset import encode_corpus
+
+    try:
+        cache = encode_corpus(corpus, model)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"codes in {cache}")
+
+
+@app.command("train")
+def train_cmd(
+    config: Annotated[Path, typer.Option(help="YAML config (sections model, data, finetune, train), e.g. configs/speech_small.yaml.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="section.key=value overrides, e.g. train.max_steps=100.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/checkpoints/last.ckpt.")] = False,
+) -> None:
+    """Train or fine-tune the Higgs Audio LM (text CE + per-codebook audio CE) on an encoded speech corpus."""
+    from cadenza.core.checkpoint import ConfigError
+    from cadenza.higgs_audio.training import train
+
+    try:
+        export = train(config, overrides or [], resume=resume)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"trained model exported to {export}")
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="Lightning checkpoint (.ckpt) of a `speech train` run.")],
+    out_dir: Annotated[Path, typer.Argument(help="Model directory (weights, config, tokenizer.json).")],
+    half: Annotated[bool, typer.Option("--half", help="Store weights as float16 (for shipping).")] = False,
+) -> None:
+    """Turn a training checkpoint of the audio LM into a model directory the engine loads."""
+    from cadenza.higgs_audio.training import export
+
+    if not checkpoint.exists():
+        _fail(f"{checkpoint}: no such checkpoint")
+    typer.echo(f"{checkpoint} -> {export(checkpoint, out_dir, half=half)}")

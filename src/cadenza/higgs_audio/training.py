@@ -1,0 +1,188 @@
+"""`cadenza speech train --config FILE key=value ...`: train or fine-tune the audio LM with Lightning.
+
+A config has four sections: `model` (a preset name plus any HiggsAudioConfig field, or `init_from` an
+exported model to fine-tune), `data` (the encoded speech corpus and the conversation mix), `finetune`
+(what to freeze) and `train` (core.training.TrainConfig: precision, DDP/SLURM, checkpoints, resume).
+The text tokenizer is built from the corpus' training transcripts on the first run and kept in the run
+directory; the model and tokenizer are exported to `RUN_DIR/model` when training ends (`export` does it
+for a running or stopped run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from cadenza.core.training import ResumableDataLoader, TrainConfig, configure_optimizers, fit, load_config, train_config
+from cadenza.higgs_audio.collator import HiggsAudioSampleCollator
+from cadenza.higgs_audio.configuration import HiggsAudioConfig
+from cadenza.higgs_audio.dataset import SampleMix, SpeechLMDataset, read_manifest
+from cadenza.higgs_audio.modeling import HiggsAudioModel
+from cadenza.higgs_audio.text import TextTokenizer
+
+TOKENIZER_FILE = "tokenizer.json"
+PRESETS = {"tiny": HiggsAudioConfig.tiny, "small": HiggsAudioConfig.small, "paper": HiggsAudioConfig.paper}
+# Parameter-name prefixes of the audio adapter: the part `finetune.freeze_llm` leaves trainable.
+AUDIO_ADAPTER = ("audio_codebook_embeddings", "audio_lm_head", "audio_input_layernorm",
+                 "audio_post_attention_layernorm", "audio_mlp")
+
+
+def default_config() -> dict[str, Any]:
+    """Every key a config may set, with its default."""
+    return {
+        "model": {"preset": "small", "init_from": None, "overrides": {}},
+        "data": {"corpus": "data/speech", "codec": None, "max_len": 1024, **asdict(SampleMix())},
+        "finetune": {"freeze_llm": False, "freeze_text_head": False},
+        "train": asdict(TrainConfig()),
+    }
+
+
+def token_ids(tokenizer: TextTokenizer) -> dict[str, int]:
+    """The special-token ids a HiggsAudioConfig records, read off the tokenizer."""
+    names = {"pad_token_id": "<|pad|>", "audio_in_token_id": "<|AUDIO|>", "audio_out_token_id": "<|AUDIO_OUT|>",
+             "audio_bos_token_id": "<|audio_bos|>", "audio_eos_token_id": "<|audio_eos|>",
+             "audio_out_bos_token_id": "<|audio_out_bos|>", "eot_token_id": "<|eot_id|>"}
+    return {field: tokenizer.token_id(token) for field, token in names.items()}
+
+
+def load_or_build_tokenizer(run_dir: Path, corpus: str | Path) -> TextTokenizer:
+    """The run's tokenizer; built from the corpus' training transcripts the first time."""
+    path = run_dir / TOKENIZER_FILE
+    if path.is_file():
+        return TextTokenizer.load(path)
+    texts = sorted({row["text"] for row in read_manifest(corpus) if row["split"] == "train"})
+    tokenizer = TextTokenizer.build(texts)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(path)
+    return tokenizer
+
+
+def _plain(config: HiggsAudioConfig) -> dict[str, Any]:
+    return {k: v for k, v in config.to_dict().items() if k not in ("model_type", "transformers_version")}
+
+
+def model_config(section: dict[str, Any], tokenizer: TextTokenizer) -> HiggsAudioConfig:
+    """The preset (or `init_from`'s config) with the section's overrides and the tokenizer's ids."""
+    if section["init_from"] is not None:
+        base = HiggsAudioConfig.from_pretrained(section["init_from"]).to_dict()
+    elif section["preset"] in PRESETS:
+        base = PRESETS[section["preset"]]().to_dict()
+    else:
+        raise ValueError(f"unknown model preset {section['preset']!r}; expected one of {', '.join(PRESETS)}")
+    base.update(section["overrides"] or {})
+    base.update(token_ids(tokenizer), text_vocab_size=tokenizer.vocab_size)
+    return HiggsAudioConfig(**{k: v for k, v in base.items() if k not in ("model_type", "transformers_version")})
+
+
+
+class SpeechLMModule(L.LightningModule):
+    """Text CE + per-codebook audio CE on conversations; optional freezing for adapter-only fine-tuning."""
+
+    def __init__(self, config: dict[str, Any], train: dict[str, Any], init_from: str | None = None,
+                 freeze_llm: bool = False, freeze_text_head: bool = False):
+        super().__init__()
+        self.save_hyperparameters()  # plain dicts, so a checkpoint rebuilds the module by itself
+        self.train_cfg = train_config(train)
+        config = HiggsAudioConfig(**config)
+        self.model = HiggsAudioModel.from_pretrained(init_from, config=config) if init_from else HiggsAudioModel(config)
+        freeze(self.model, freeze_llm, freeze_text_head)
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        return self.model(**batch)
+
+    def on_train_epoch_start(self) -> None:
+        self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self(batch)
+        self.log_dict({"train/loss": out.loss, "train/text_loss": out.text_loss, "train/audio_loss": out.audio_loss},
+                      prog_bar=True, batch_size=len(batch["input_ids"]))
+        return out.loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self(batch)
+        self.log_dict({"val/loss": out.loss, "val/text_loss": out.text_loss, "val/audio_loss": out.audio_loss},
+                      prog_bar=True, batch_size=len(batch["input_ids"]), sync_dist=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return configure_optimizers(self.model, self.train_cfg)
+
+
+def freeze(model: HiggsAudioModel, freeze_llm: bool, freeze_text_head: bool) -> None:
+    """`freeze_llm`: only the audio adapter (audio embeddings, DualFFN audio path, audio head) trains;
+    `freeze_text_head`: the text LM head stays as it is."""
+    for name, param in model.named_parameters():
+        adapter = any(part in name for part in AUDIO_ADAPTER)
+        if (freeze_llm and not adapter) or (freeze_text_head and "text_lm_head" in name):
+            param.requires_grad_(False)
+
+
+class SpeechDataModule(L.LightningDataModule):
+    """Train conversations from the train split; validation from the val split (held-out speakers included)."""
+
+    def __init__(self, data: dict[str, Any], tokenizer: TextTokenizer, config: HiggsAudioConfig, train_cfg: TrainConfig):
+        super().__init__()
+        self.data, self.tokenizer, self.train_cfg = data, tokenizer, train_cfg
+        self.collator = HiggsAudioSampleCollator(config, max_len=data["max_len"])
+        self.mix = SampleMix(**{f.name: data[f.name] for f in fields(SampleMix)})
+
+    def setup(self, stage: str | None = None) -> None:
+        corpus, codec, seed = self.data["corpus"], self.data["codec"], self.train_cfg.seed
+        self.train_set = SpeechLMDataset(corpus, self.tokenizer, "train", codec, self.mix, seed)
+        self.val_set = SpeechLMDataset(corpus, self.tokenizer, "val", codec, self.mix, seed)
+
+    def _loader(self, dataset: SpeechLMDataset, train: bool) -> ResumableDataLoader:
+        return ResumableDataLoader(dataset, batch_size=self.train_cfg.batch_size, shuffle=train,
+                                   collate_fn=self.collator, num_workers=self.train_cfg.num_workers,
+                                   seed=self.train_cfg.seed)
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> ResumableDataLoader:
+        return self._loader(self.val_set, train=False)
+
+
+def train(config_path: str | Path | None = None, overrides: list[str] = (), resume: bool = False) -> Path:
+    """Train (or fine-tune) the audio LM; returns the export directory (model + tokenizer)."""
+    cfg = load_config(config_path, list(overrides), defaults=default_config())
+    train_cfg = train_config(cfg["train"])
+    run_dir = Path(train_cfg.run_dir)
+    tokenizer = load_or_build_tokenizer(run_dir, cfg["data"]["corpus"])
+    config = model_config(cfg["model"], tokenizer)
+    module = SpeechLMModule(_plain(config), asdict(train_cfg), cfg["model"]["init_from"], **cfg["finetune"])
+    datamodule = SpeechDataModule(cfg["data"], tokenizer, config, train_cfg)
+    trainer = fit(module, datamodule, train_cfg, run_dir, resume=resume)
+    export_dir = run_dir / "model"
+    if trainer.is_global_zero:
+        save_model(module.model, tokenizer, export_dir, step=trainer.global_step)
+    return export_dir
+
+
+def save_model(model: HiggsAudioModel, tokenizer: TextTokenizer, out_dir: str | Path, step: int,
+               half: bool = False) -> Path:
+    """A model directory the engine loads: `save_pretrained` weights + config, and `tokenizer.json`."""
+    out_dir = Path(out_dir)
+    model.config.training_step = step
+    target = model.half() if half else model
+    target.save_pretrained(out_dir)
+    if half:
+        model.float()
+    tokenizer.save(out_dir / TOKENIZER_FILE)
+    return out_dir
+
+
+def export(checkpoint: str | Path, out_dir: str | Path, half: bool = False) -> Path:
+    """Export a Lightning checkpoint of a `speech train` run (its tokenizer sits two levels up)."""
+    checkpoint = Path(checkpoint)
+    module = SpeechLMModule.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=False)
+    tokenizer = TextTokenizer.load(checkpoint.parent.parent / TOKENIZER_FILE)
+    step = int(torch.load(str(checkpoint), map_location="cpu", weights_only=False).get("global_step", -1))
+    return save_model(module.model, tokenizer, out_dir, step=step, half=half)
+
+
+__all__ = ["train", "export", "save_model", "SpeechLMModule", "SpeechDataModule", "default_config"]

@@ -1,0 +1,181 @@
+"""Speech LM data and training: code cache, conversations, placeholder expansion and shifted labels,
+a tiny training run that resumes and exports a model the engine loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from cadenza.higgs_audio.chatml import AudioContent, ChatMLSample, Message
+from cadenza.higgs_audio.collator import IGNORE, HiggsAudioSampleCollator, expand_sample
+from cadenza.higgs_audio.configuration import HiggsAudioConfig
+from cadenza.higgs_audio.corpus_voices import VoiceIdentity, engine_available, synthesize
+from cadenza.higgs_audio.dataset import ChatMLDatasetSample, SampleMix, SpeechLMDataset, encode_corpus, read_manifest, tokenize_sample
+from cadenza.higgs_audio.delay import build_delay_pattern
+from cadenza.higgs_audio.text import TextTokenizer
+from cadenza.higgs_audio.training import token_ids
+
+SENTENCES = ["The cat sat on the mat.", "Time flies like an arrow.", "A stitch in time saves nine.",
+             "Fortune favors the bold.", "Patience is a virtue.", "Knowledge is power."]
+# two training speakers, one heard only in validation
+SPEAKERS = {"spk-a": ("en-us", "m3", "train"), "spk-b": ("en-gb", "f2", "train"), "spk-c": ("en-us", "f4", "val")}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """18 espeak utterances of 3 speakers, encoded with the shipped codec."""
+    if not engine_available("espeak"):
+        pytest.skip("needs espeak-ng")
+    root = tmp_path_factory.mktemp("speech_lm")
+    rows = []
+    for speaker, (voice, variant, split) in SPEAKERS.items():
+        (root / "audio" / speaker).mkdir(parents=True)
+        for n, text in enumerate(SENTENCES):
+            audio = f"audio/{speaker}/{n}.wav"
+            wav = synthesize(VoiceIdentity("espeak", voice, variant), text)
+            sf.write(root / audio, wav, 24000)
+            row_split = split if split == "val" else ("train" if n < 4 else "val")
+            rows.append({"id": f"{speaker}_{n}", "audio": audio, "text": text, "speaker": speaker,
+                         "duration": len(wav) / 24000, "sample_rate": 24000, "split": row_split})
+    (root / "audio" / "broken.wav").write_text("not audio")
+    rows.append({"id": "broken", "audio": "audio/broken.wav", "text": "Broken.", "speaker": "spk-a",
+                 "duration": 1.0, "sample_rate": 24000, "split": "train"})
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    encode_corpus(root, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus) -> TextTokenizer:
+    return TextTokenizer.build([r["text"] for r in read_manifest(corpus)])
+
+
+@pytest.fixture(scope="module")
+def config(tokenizer) -> HiggsAudioConfig:
+    return HiggsAudioConfig.tiny(text_vocab_size=tokenizer.vocab_size, **token_ids(tokenizer))
+
+
+def test_code_cache_skips_and_reports_a_broken_file(corpus):
+    cache = next((corpus / "codes").iterdir())
+    assert len(list(cache.glob("spk-*.npy"))) == 18
+    failures = [json.loads(line) for line in (cache / "failures.jsonl").read_text().splitlines()]
+    assert [f["id"] for f in failures] == ["broken"] and "broken.wav" in failures[0]["audio"]
+    codes = np.load(cache / "spk-a_0.npy")
+    assert codes.shape[0] == 8 and codes.dtype == np.int16 and 0 <= codes.min() and codes.max() < 1024
+
+
+def test_missing_corpus_and_cache_are_clear_errors(tmp_path, tokenizer):
+    with pytest.raises(FileNotFoundError, match="not a speech corpus"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.jsonl").write_text("")
+    with pytest.raises(FileNotFoundError, match="encode-corpus"):
+        SpeechLMDataset(tmp_path, tokenizer)
+
+
+def test_expand_sample_shifts_labels_onto_the_delayed_frames(config, tokenizer):
+    codes = np.arange(8 * 3).reshape(8, 3) % 1024
+    ref = np.full((8, 2), 7)
+    sample = ChatMLSample([Message("user", "Hi."), Message("assistant", AudioContent(audio_url="ref")),
+                           Message("user", "Go."), Message("assistant", AudioContent(audio_url="target"))], start_index=3)
+    e = expand_sample(tokenize_sample(sample, tokenizer, [ref, codes]), config)
+    delayed = build_delay_pattern(torch.as_tensor(codes), config.audio_stream_bos_id, config.audio_stream_eos_id).numpy()
+    width = delayed.shape[1]  # T + n_q + 1
+    spans = np.flatnonzero(np.diff(np.r_[0, e.audio_mask.astype(int), 0]))
+    (ref_start, ref_end), (start, end) = spans.reshape(-1, 2)
+    assert ref_end - ref_start == 2 + 9 and end - start == width
+    assert np.array_equal(e.audio_codes[:, start:end], delayed)
+    # the reference (an unlabelled turn) teaches nothing; the target's next frames do, BOS fill excluded
+    assert (e.audio_labels[:, ref_start - 1 : ref_end] == IGNORE).all()
+    expected = np.where(delayed[:, 1:] == config.audio_stream_bos_id, IGNORE, delayed[:, 1:])
+    assert np.array_equal(e.audio_labels[:, start : end - 1], expected)
+    assert (e.audio_labels[:, end - 1] == IGNORE).all()
+    # after the all-EOS frame comes <|audio_eos|> then <|eot_id|>, both learned by the text head
+    assert e.text_labels[end - 1] == config.audio_eos_token_id and e.text_labels[end] == config.eot_token_id
+    assert e.input_ids[start - 1] == config.audio_out_bos_token_id
+    assert e.text_labels[start - 2] == config.audio_out_bos_token_id  # the model learns to open audio
+    assert (e.text_labels[start - 1 : end - 1] == IGNORE).all()
+
+
+def test_collator_pads_right_for_training_and_left_for_prompts(config, tokenizer):
+    short = tokenize_sample(ChatMLSample([Message("user", "Hi."), Message("assistant", AudioContent(audio_url="a"))]),
+                            tokenizer, [np.zeros((8, 2), int)])
+    long = tokenize_sample(ChatMLSample([Message("user", "A longer sentence."),
+                                         Message("assistant", AudioContent(audio_url="a"))]), tokenizer, [np.zeros((8, 5), int)])
+    batch = HiggsAudioSampleCollator(config)([short, long])
+    assert batch["input_ids"].shape[1] % 8 == 0 and batch["audio_codes"].shape[1] == 8
+    assert batch["attention_mask"][0, 0] == 1 and batch["attention_mask"][0, -1] == 0
+    left = HiggsAudioSampleCollator(config, pad_left=True, round_to=1)([short, long])
+    assert left["attention_mask"][0, -1] == 1 and left["attention_mask"][0, 0] == 0
+    assert (left["text_labels"][left["attention_mask"] == 0] == IGNORE).all()
+    with pytest.raises(ValueError, match="placeholders"):
+        expand_sample(ChatMLDatasetSample(short.input_ids, short.label_ids, []), config)
+
+
+def test_dataset_draws_every_kind_and_labels_only_the_target(corpus, tokenizer, config):
+    mix = SampleMix(clone=0.4, plain=0.3, dialogue=0.3)
+    data = SpeechLMDataset(corpus, tokenizer, "train", mix=mix, seed=1)
+    assert len(data) == 8 and all(r["speaker"] != "spk-c" for r in data.rows)
+    audio_bos, audio_out_bos = tokenizer.token_id("<|audio_bos|>"), tokenizer.token_id("<|audio_out_bos|>")
+    speaker1 = tokenizer.token_id("[SPEAKER1]")
+    kinds = set()
+    for epoch in range(4):
+        data.set_epoch(epoch)
+        for i in range(len(data)):
+            item = data[i]
+            e = expand_sample(item, config)
+            labelled_audio = (e.audio_labels != IGNORE).any(axis=0)
+            assert labelled_audio.any()
+            last_out = max(k for k, t in enumerate(item.input_ids) if t == audio_out_bos)
+            assert not labelled_audio[: last_out].any()  # only the final assistant audio is learned
+            kinds.add("dialogue" if speaker1 in item.input_ids else
+                      "system_reference" if audio_bos in item.input_ids else
+                      "pair" if item.input_ids.count(audio_out_bos) == 2 else "plain")
+    assert kinds == {"dialogue", "system_reference", "pair", "plain"}
+    data.set_epoch(0)
+    again = SpeechLMDataset(corpus, tokenizer, "train", mix=mix, seed=1)
+    assert again[3].input_ids == data[3].input_ids
+
+
+def test_tiny_training_resumes_and_exports_a_loadable_model(corpus, tmp_path):
+    from cadenza.higgs_audio.engine import HiggsAudioServeEngine
+    from cadenza.higgs_audio.training import train
+
+    run_dir = tmp_path / "run"
+    overrides = [f"data.corpus={corpus}", f"train.run_dir={run_dir}", "train.max_steps=4",
+                 "train.checkpoint_every_n_steps=2", "train.val_every_n_steps=4", "train.batch_size=2",
+                 "train.warmup_steps=1", "train.log_every_n_steps=1", "train.limit_val_batches=1"]
+    export = train(Path(__file__).parents[1] / "configs" / "speech_tiny.yaml", overrides)
+    assert (run_dir / "tokenizer.json").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    train(Path(__file__).parents[1] / "configs" / "speech_tiny.yaml", [*overrides[:2], "train.max_steps=6", *overrides[3:]],
+          resume=True)
+    assert first == 4 and torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+    metrics = (run_dir / "logs").rglob("metrics.csv")
+    assert any("val/audio_loss" in p.read_text() for p in metrics)
+    engine = HiggsAudioServeEngine(export)
+    response = engine.generate(ChatMLSample([Message("user", "Hello there.")]), max_new_tokens=12, seed=0)
+    assert response.generated_audio_tokens.shape[0] == 8
+
+
+def test_finetune_freezes_everything_but_the_audio_adapter(config):
+    from cadenza.higgs_audio.modeling import HiggsAudioModel
+    from cadenza.higgs_audio.training import freeze
+
+    model = HiggsAudioModel(config)
+    freeze(model, freeze_llm=True, freeze_text_head=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(("audio" in n) for n in trainable)
+    assert not any(n.startswith("embed_tokens") or "self_attn" in n or "text_lm_head" in n for n in trainable)
