@@ -1,0 +1,203 @@
+"""`cadenza speech generate` and `cadenza speech voices`: text to speech from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cadenza.cli.speech import _fail, app
+
+
+def _engine(model: Path | None, codec: Path | None):
+    from cadenza.higgs_audio.engine import HiggsAudioServeEngine
+
+    try:
+        return HiggsAudioServeEngine(model, codec)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+
+
+def _request(engine, transcript: str, voice: str | None, ref_audio: str | None, ref_text: str | None,
+             scene: str | None, chunk_method: str | None, seed: int | None, ref_in_system: bool = False,
+             temperature: float = 0.7, max_new_tokens: int = 1024):
+    """A SpeechRequest from CLI-style fields; ValueError naming the bad field."""
+    from cadenza.higgs_audio.engine import GenerationSettings
+    from cadenza.higgs_audio.speak import SpeechRequest, file_reference, voice_reference
+
+    references = {}
+    if voice and ref_audio:
+        raise ValueError("give --voice or --ref-audio, not both")
+    if voice:
+        references = {n: voice_reference(engine, name.strip()) for n, name in enumerate(voice.split(","))}
+    elif ref_audio:
+        audios = [a.strip() for a in ref_audio.split(",")]
+        texts = [t.strip() for t in (ref_text or "").split("|")] if ref_text else []
+        if len(texts) != len(audios):
+            raise ValueError(f"--ref-text needs one transcript per reference clip ({len(audios)}; separate them with '|')")
+        for audio in audios:
+            if not Path(audio).is_file():
+                raise ValueError(f"reference audio {audio}: no such file")
+        references = {n: file_reference(engine, a, t) for n, (a, t) in enumerate(zip(audios, texts))}
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    return SpeechRequest(transcript, references, scene=scene, ref_in_system=ref_in_system,
+                         chunk_method=chunk_method, settings=settings)
+
+
+def _write(path: Path, audio, sampling_rate: int) -> None:
+    from cadenza.core.audio import write_audio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_audio(path, audio, sampling_rate)
+
+
+@app.command("generate")
+def generate_cmd(
+    out: Annotated[Path | None, typer.Option(help="Output wav (single request).")] = None,
+    transcript: Annotated[str | None, typer.Option(help="Text to speak, or a path to a text file. [SPEAKERn] tags make a dialogue.")] = None,
+    voice: Annotated[str | None, typer.Option(help="Shipped voice preset(s), comma-separated per speaker (see `cadenza speech voices`).")] = None,
+    ref_audio: Annotated[str | None, typer.Option(help="Reference clip(s) to clone, comma-separated per speaker.")] = None,
+    ref_text: Annotated[str | None, typer.Option(help="Transcript(s) of the reference clip(s), separated by '|'.")] = None,
+    ref_in_system: Annotated[bool, typer.Option(help="Put references in the system message instead of a user/assistant pair.")] = False,
+    scene: Annotated[str | None, typer.Option(help="Scene description for the system prompt.")] = None,
+    chunk_method: Annotated[str | None, typer.Option(help="Long form: 'word' (paragraphs/sentences) or 'speaker' (per turn).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same audio).")] = None,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
+    max_new_tokens: Annotated[int, typer.Option(help="Decode steps per chunk (25 audio frames = 1 s).")] = 1024,
+    stream: Annotated[bool, typer.Option("--stream", help="Decode while generating; report time to first audio.")] = False,
+    batch: Annotated[Path | None, typer.Option(help="JSONL requests {id, transcript, voice?, ref_audio?, ref_text?, seed?}.")] = None,
+    out_dir: Annotated[Path | None, typer.Option(help="With --batch: where <id>.wav files go.")] = None,
+    batch_size: Annotated[int, typer.Option(help="With --batch: requests decoded together.")] = 16,
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the shipped one).")] = None,
+    codec: Annotated[Path | None, typer.Option(help="Audio tokenizer directory (default: the shipped one).")] = None,
+) -> None:
+    """Speak a transcript (or a JSONL batch of requests) with the Higgs Audio LM; 24 kHz wav out."""
+    from cadenza.core.audio import AudioError
+
+    if batch is not None:
+        if out_dir is None:
+            _fail("--batch needs --out-dir")
+        _generate_batch(batch, out_dir, batch_size, model, codec, temperature, max_new_tokens)
+        return
+    if transcript is None or out is None:
+        _fail("give --transcript and --out (or --batch and --out-dir)")
+    if Path(transcript).is_file():
+        transcript = Path(transcript).read_text()
+    engine = _engine(model, codec)
+    scene_text = scene if scene is not None else _default_scene()
+    try:
+        request = _request(engine, transcript, voice, ref_audio, ref_text, scene_text, chunk_method, seed,
+                           ref_in_system, temperature, max_new_tokens)
+        if stream:
+            audio = _stream(engine, request)
+        else:
+            from cadenza.higgs_audio.speak import speak
+
+            audio = speak(engine, request).audio
+    except (ValueError, AudioError) as exc:
+        _fail(str(exc))
+    if audio is None or len(audio) == 0:
+        _fail("the model produced no audio (try another --seed or a higher --max-new-tokens)")
+    _write(out, audio, engine.sampling_rate)
+    typer.echo(f"{out}: {len(audio) / engine.sampling_rate:.2f} s")
+
+
+def _default_scene() -> str:
+    from cadenza.higgs_audio.dataset import DEFAULT_SCENE
+
+    return DEFAULT_SCENE
+
+
+def _stream(engine, request):
+    """Stream one single-chunk request; print time to first audio."""
+    import time
+
+    import numpy as np
+
+    from cadenza.higgs_audio.speak import conversation, plan_chunks
+
+    chunks = plan_chunks(request.transcript, None)
+    prompt = conversation(request, chunks[0], [], engine.tokenizer)
+    start, first, pieces = time.perf_counter(), None, []
+    for delta in engine.stream_prompt(prompt, request.settings):
+        if delta.audio is not None and len(delta.audio):
+            first = first if first is not None else time.perf_counter() - start
+            pieces.append(delta.audio)
+    if first is not None:
+        typer.echo(f"first audio after {first * 1000:.0f} ms", err=True)
+    return np.concatenate(pieces) if pieces else None
+
+
+def _generate_batch(path: Path, out_dir: Path, batch_size: int, model, codec, temperature: float,
+                    max_new_tokens: int) -> None:
+    """Each valid line becomes DIR/<id>.wav; bad lines are reported and skipped (exit 1 if any)."""
+    from cadenza.core.audio import AudioError
+    from cadenza.higgs_audio.speak import conversation, plan_chunks
+
+    if not path.is_file():
+        _fail(f"{path}: no such file")
+    engine = _engine(model, codec)
+    jobs, bad = [], 0
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            if not isinstance(item, dict) or not item.get("id") or not item.get("transcript"):
+                raise ValueError("needs string fields 'id' and 'transcript'")
+            request = _request(engine, item["transcript"], item.get("voice"), item.get("ref_audio"),
+                               item.get("ref_text"), _default_scene(), None, item.get("seed"),
+                               temperature=temperature, max_new_tokens=max_new_tokens)
+            prompt = conversation(request, plan_chunks(request.transcript, None)[0], [], engine.tokenizer)
+            jobs.append((str(item["id"]), prompt, request.settings))
+        except (ValueError, AudioError, json.JSONDecodeError) as exc:
+            typer.echo(f"{path}:{number}: skipped: {exc}", err=True)
+            bad += 1
+    for start in range(0, len(jobs), batch_size):
+        group = jobs[start : start + batch_size]
+        responses = engine.generate_prompts([p for _, p, _ in group], [s for _, _, s in group])
+        for (name, _, _), response in zip(group, responses):
+            if response.audio is None:
+                typer.echo(f"{name}: no audio produced", err=True)
+                bad += 1
+                continue
+            _write(out_dir / f"{name}.wav", response.audio, engine.sampling_rate)
+            typer.echo(f"{out_dir / name}.wav: {len(response.audio) / engine.sampling_rate:.2f} s")
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command("voices")
+def voices_cmd() -> None:
+    """List the shipped voice presets (use with `cadenza speech generate --voice NAME`)."""
+    from cadenza.higgs_audio.speak import voices
+
+    for name, wav in voices().items():
+        typer.echo(f"{name}\t{wav.with_suffix('.txt').read_text().strip()}")
+
+
+@app.command("eval")
+def eval_cmd(
+    corpus: Annotated[Path, typer.Option(help="Speech corpus whose test split gives held-out sentences and speakers.")] = Path("data/speech"),
+    joe: Annotated[int, typer.Option(help="Held-out sentences in the joe voice.")] = 30,
+    per_voice: Annotated[int, typer.Option(help="Sentences per cloned voice (test-only speakers and Festival voices).")] = 4,
+    festival: Annotated[bool, typer.Option(help="Also clone Festival voices (never trained on; needs text2wave).")] = True,
+    batch_size: Annotated[int, typer.Option(help="Requests generated together.")] = 8,
+    out: Annotated[Path | None, typer.Option(help="JSON report.")] = None,
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the shipped one).")] = None,
+    codec: Annotated[Path | None, typer.Option(help="Audio tokenizer directory (default: the shipped one).")] = None,
+) -> None:
+    """Word error rate (Whisper tiny.en) and speaker similarity (resemblyzer) on held-out sentences and voices."""
+    from cadenza.higgs_audio.evaluate import build_cases, evaluate_tts, format_report, write_report
+
+    engine = _engine(model, codec)
+    try:
+        cases = build_cases(corpus, joe=joe, per_voice=per_voice, festival=festival)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    report = evaluate_tts(engine, cases, batch_size=batch_size)
+    typer.echo(format_report(report))
+    if out is not None:
+        write_report(report, out)

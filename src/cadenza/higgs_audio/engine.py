@@ -1,0 +1,360 @@
+"""HiggsAudioServeEngine: ChatML in, 24 kHz speech out - one request, a batch, or a stream.
+
+    engine = HiggsAudioServeEngine()                       # the shipped model and audio tokenizer
+    response = engine.generate(sample, seed=0)             # HiggsAudioResponse(audio, sampling_rate, ...)
+    responses = engine.generate_batch([s1, s2, ...])       # many requests in one batched decode
+    async for delta in engine.generate_delta_stream(sample): play(delta.audio)
+
+One decode step feeds one position per request: a text token, or one delayed frame of all codebooks
+(`delay.py`). Every request in a batch has its own KV-cache row (left padded), its own mode (text or
+audio), its own seeded random generator and its own repetition-aware sampling history, so a request
+gives the same result alone or in a batch (up to float rounding). Streamed deltas carry decoded audio:
+delayed frames are reverted incrementally and decoded chunk by chunk, and the chunks concatenate to
+exactly the audio of `generate` (the original streamed raw frames no client could decode, its #135).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cadenza.core.sampling import SamplingConfig, make_generator, repetition_aware_sample, sample
+from cadenza.higgs_audio.chatml import AudioContent, ChatMLSample, prepare_chatml_sample
+from cadenza.higgs_audio.collator import HiggsAudioSampleCollator, expand_sample
+from cadenza.higgs_audio.dataset import ChatMLDatasetSample
+from cadenza.higgs_audio.delay import DelayReverter
+from cadenza.higgs_audio.modeling import HiggsAudioModel, KVCache
+from cadenza.higgs_audio.text import TextTokenizer
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "pretrained" / "higgs_audio_small"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass
+class GenerationSettings:
+    """Sampling knobs of one request (the original's `generate` arguments)."""
+
+    max_new_tokens: int = 1024
+    temperature: float = 0.7
+    top_k: int | None = None
+    top_p: float | None = 0.95
+    stop_strings: list[str] | None = None
+    force_audio_gen: bool = True
+    ras_win_len: int = 7
+    ras_win_max_num_repeat: int = 2
+    seed: int | None = None
+
+
+@dataclass
+class HiggsAudioResponse:
+    """What `generate` returns (the original's fields)."""
+
+    audio: np.ndarray | None
+    sampling_rate: int
+    generated_text: str
+    generated_audio_tokens: np.ndarray  # (n_q, T) reverted codes
+    generated_text_tokens: list[int] = field(default_factory=list)
+    usage: dict = field(default_factory=dict)
+
+
+@dataclass
+class HiggsAudioStreamerDelta:
+    """One streamed step: new text, the delayed audio frame fed, and any audio that became final."""
+
+    text: str = ""
+    text_tokens: list[int] = field(default_factory=list)
+    audio_tokens: np.ndarray | None = None  # (n_q,) delayed frame, as the original streams
+    audio: np.ndarray | None = None  # float32 24 kHz samples ready to play (decodable, unlike the original's)
+    finish_reason: str | None = None  # "stop" | "length" on the last delta
+
+
+@dataclass
+class _Row:
+    """Decoding state of one request in a batch."""
+
+    settings: GenerationSettings
+    prompt_len: int
+    generator: torch.Generator | None
+    audio: bool = False  # feeding delayed frames (else text tokens)
+    column: int = 0  # delayed column last fed in audio mode
+    eos_column: int | None = None  # where codebook 0 ended
+    text_tokens: list[int] = field(default_factory=list)
+    columns: list[torch.Tensor] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+class HiggsAudioServeEngine:
+    """Loads the audio LM, its text tokenizer and the audio tokenizer once; serves requests."""
+
+    def __init__(self, model_path: str | Path | None = None, audio_tokenizer_path: str | Path | None = None,
+                 device: str = "cpu", dtype: torch.dtype = torch.float32):
+        from cadenza.higgs_audio.codec.api import load_audio_tokenizer
+
+        model_path = Path(model_path) if model_path is not None else SHIPPED_MODEL
+        if not (model_path / "config.json").is_file():
+            raise FileNotFoundError(f"{model_path}: not a Higgs Audio model directory (train one: `cadenza speech train`)")
+        self.device = torch.device(device)
+        self.model = HiggsAudioModel.from_pretrained(model_path).to(self.device, dtype).eval()
+        self.config = self.model.config
+        self.tokenizer = TextTokenizer.load(model_path / TOKENIZER_FILE)
+        self.audio_tokenizer = load_audio_tokenizer(audio_tokenizer_path, device=device)
+        self.collator = HiggsAudioSampleCollator(self.config, pad_left=True, round_to=1)
+        self.sampling_rate = self.audio_tokenizer.sampling_rate
+        self._codes_cache: dict[tuple, np.ndarray] = {}
+        stops = ("<|eot_id|>", "<|end_of_text|>")
+        self._stop_ids = {self.tokenizer.token_id(t) for t in stops}
+
+    # ------------------------------------------------------------------------- public API
+
+    def generate(self, chat_ml_sample: ChatMLSample, max_new_tokens: int = 1024, temperature: float = 0.7,
+                 top_k: int | None = None, top_p: float | None = 0.95, stop_strings: list[str] | None = None,
+                 force_audio_gen: bool = True, ras_win_len: int = 7, ras_win_max_num_repeat: int = 2,
+                 seed: int | None = None) -> HiggsAudioResponse:
+        """Generate the assistant's reply to a conversation: speech (and any text before it)."""
+        settings = GenerationSettings(max_new_tokens, temperature, top_k, top_p, stop_strings, force_audio_gen,
+                                      ras_win_len, ras_win_max_num_repeat, seed)
+        return self.generate_batch([chat_ml_sample], [settings])[0]
+
+    def generate_batch(self, samples: list[ChatMLSample],
+                       settings: list[GenerationSettings] | GenerationSettings | None = None) -> list[HiggsAudioResponse]:
+        """Generate replies to many conversations in one batched decode (settings per request or shared)."""
+        prompts = [self.prompt(s) for s in samples]
+        return self.generate_prompts(prompts, settings)
+
+    def generate_prompts(self, prompts: list[ChatMLDatasetSample],
+                         settings: list[GenerationSettings] | GenerationSettings | None = None) -> list[HiggsAudioResponse]:
+        """`generate_batch` for conversations whose audio is already codes (see `prompt`)."""
+        settings = _per_request(settings, len(prompts))
+        rows = None
+        for rows, _ in self._decode(prompts, settings):
+            pass
+        return [self._response(row) for row in rows]
+
+    async def generate_delta_stream(self, chat_ml_sample: ChatMLSample, max_new_tokens: int = 1024,
+                                    temperature: float = 0.7, top_k: int | None = None, top_p: float | None = 0.95,
+                                    stop_strings: list[str] | None = None, force_audio_gen: bool = True,
+                                    ras_win_len: int = 7, ras_win_max_num_repeat: int = 2,
+                                    seed: int | None = None) -> AsyncIterator[HiggsAudioStreamerDelta]:
+        """Yield a delta per decode step; `delta.audio` is playable audio as soon as it is final.
+
+        Steps run in a worker thread, so a server's event loop stays responsive while it streams.
+        """
+        settings = GenerationSettings(max_new_tokens, temperature, top_k, top_p, stop_strings, force_audio_gen,
+                                      ras_win_len, ras_win_max_num_repeat, seed)
+        prompt = await asyncio.to_thread(self.prompt, chat_ml_sample)
+        deltas = self.stream_prompt(prompt, settings)
+        while (delta := await asyncio.to_thread(next, deltas, None)) is not None:
+            yield delta
+
+    def stream_prompt(self, prompt: ChatMLDatasetSample, settings: GenerationSettings) -> Iterator[HiggsAudioStreamerDelta]:
+        """The synchronous stream behind `generate_delta_stream`."""
+        reverter = DelayReverter(self.config.audio_num_codebooks)
+        decoder = self.audio_tokenizer.streaming_decoder()
+        for rows, fed in self._decode([prompt], [settings]):
+            row, (kind, value) = rows[0], fed[0]
+            delta = HiggsAudioStreamerDelta(finish_reason=row.finish_reason)
+            if kind == "text":
+                delta.text_tokens = [value]
+                delta.text = self.tokenizer.decode([value])
+            elif kind == "audio":
+                delta.audio_tokens = value.numpy()
+                frames = reverter.push(value)
+                if frames.shape[1]:
+                    delta.audio = decoder.push(self._clip(frames))
+            if row.finish_reason is not None:
+                tail = reverter.flush()
+                pieces = [delta.audio] if delta.audio is not None else []
+                if tail.shape[1]:
+                    pieces.append(decoder.push(self._clip(tail)))
+                pieces.append(decoder.flush())
+                delta.audio = np.concatenate(pieces)
+            yield delta
+            if row.finish_reason is not None:
+                return
+
+    # ------------------------------------------------------------------------- prompts
+
+    def prompt(self, sample: ChatMLSample) -> ChatMLDatasetSample:
+        """Tokens of a conversation ending in the assistant header, with its audio encoded to codes."""
+        input_ids, label_ids, contents, _ = prepare_chatml_sample(sample, self.tokenizer, add_generation_prompt=True)
+        return ChatMLDatasetSample(input_ids, label_ids, [self.audio_codes(c) for c in contents])
+
+    def audio_codes(self, content: AudioContent) -> np.ndarray:
+        """Codes (n_q, T) of an audio content: a file path or base64 wav, cut to offset/duration if set."""
+        key = (content.audio_url, content.raw_audio, content.offset, content.duration)
+        if key not in self._codes_cache:
+            if content.raw_audio:
+                import soundfile as sf
+
+                wav, sr = sf.read(io.BytesIO(base64.b64decode(content.raw_audio)), dtype="float32")
+            elif content.audio_url:
+                wav, sr = content.audio_url, None
+            else:
+                raise ValueError("audio content has neither audio_url nor raw_audio")
+            if content.offset or content.duration:
+                wav, sr = _cut(wav, sr, content.offset or 0.0, content.duration)
+            self._codes_cache[key] = self.audio_tokenizer.encode(wav, sr=sr).numpy()
+        return self._codes_cache[key]
+
+    # ------------------------------------------------------------------------- decoding
+
+    def _decode(self, prompts: list[ChatMLDatasetSample], settings: list[GenerationSettings]):
+        """Run the batched decode; after every step yield (rows, what each row fed: (kind, value))."""
+        cfg = self.config
+        expanded = []
+        for prompt, s in zip(prompts, settings):
+            if s.force_audio_gen:
+                prompt = ChatMLDatasetSample(prompt.input_ids + [cfg.audio_out_bos_token_id],
+                                             prompt.label_ids + [-100], prompt.audio_codes)
+            expanded.append(expand_sample(prompt, cfg))
+        batch = self.collator.pad(expanded)
+        rows = [_Row(s, len(e), make_generator(s.seed)) for e, s in zip(expanded, settings)]
+        for row, e in zip(rows, expanded):
+            row.audio = int(e.input_ids[-1]) == cfg.audio_out_bos_token_id
+        batch_size, prompt_len = batch["input_ids"].shape
+        longest = max(s.max_new_tokens for s in settings)
+        cache = KVCache(cfg, batch_size, prompt_len + longest + 1, dtype=self.model.dtype, device=self.device)
+        attention = batch.pop("attention_mask").to(self.device)
+        with torch.inference_mode():
+            hidden = self.model(**{k: v.to(self.device) for k, v in batch.items() if "labels" not in k},
+                                attention_mask=attention, past_key_values=cache).hidden_states[:, -1]
+            for step in range(longest):
+                text_logits, audio_logits = self.model.text_logits(hidden), self.model.audio_logits(hidden)
+                fed = [self._next(row, text_logits[i], audio_logits[i], step) for i, row in enumerate(rows)]
+                for row in rows:  # a row's last step carries its finish reason, so a stream can flush on it
+                    if row.finish_reason is None and step + 1 >= row.settings.max_new_tokens:
+                        row.finish_reason = "length"
+                yield rows, fed
+                if all(row.finish_reason is not None for row in rows):
+                    return
+                ids, codes, mask, live = self._step_inputs(rows, fed)
+                attention = torch.cat([attention, live[:, None].to(attention.dtype)], dim=1)
+                hidden = self.model(input_ids=ids, audio_codes=codes, audio_mask=mask, attention_mask=attention,
+                                    past_key_values=cache).hidden_states[:, -1]
+
+    def _next(self, row: _Row, text_logits: torch.Tensor, audio_logits: torch.Tensor, step: int) -> tuple[str, object]:
+        """Decide what `row` feeds next from its logits; updates the row; ('none', None) once it is done."""
+        cfg = self.config
+        if row.finish_reason is not None:
+            return "none", None
+        if step >= row.settings.max_new_tokens:
+            row.finish_reason = "length"
+            return "none", None
+        if row.audio and not row.columns:  # the all-BOS column opens every audio stream
+            column = torch.full((cfg.audio_num_codebooks,), cfg.audio_stream_bos_id, dtype=torch.long)
+            row.columns.append(column)
+            return "audio", column
+        if row.audio:
+            column = self._sample_column(row, audio_logits)
+            row.columns.append(column)
+            row.column += 1
+            if row.eos_column is not None and row.column >= row.eos_column + cfg.audio_num_codebooks - 1:
+                row.finish_reason = "stop"
+            return "audio", column
+        token = int(self._sample_text(row, text_logits))
+        row.text_tokens.append(token)
+        if token == cfg.audio_out_bos_token_id:
+            row.audio = True
+        elif token in self._stop_ids or self._hit_stop_string(row):
+            row.finish_reason = "stop"
+        return "text", token
+
+    def _sample_text(self, row: _Row, logits: torch.Tensor) -> torch.Tensor:
+        s = row.settings
+        return sample(logits[None].float(), SamplingConfig(s.temperature, s.top_k, s.top_p), row.generator)[0]
+
+    def _sample_column(self, row: _Row, logits: torch.Tensor) -> torch.Tensor:
+        """One delayed column (n_q,) under the delay pattern's rules, with repetition-aware sampling per codebook."""
+        cfg, s = self.config, row.settings
+        n_q, bos, eos = cfg.audio_num_codebooks, cfg.audio_stream_bos_id, cfg.audio_stream_eos_id
+        column = row.column + 1
+        logits = logits.float().clone()
+        k = torch.arange(n_q)
+        logits[:, bos] = float("-inf")  # BOS only as fill, forced below
+        logits[1:, eos] = float("-inf")  # codebooks > 0 end only on the staircase, forced below
+        if column == 1:
+            logits[0, eos] = float("-inf")  # at least one frame
+        history = torch.stack(row.columns[1:], dim=1) if len(row.columns) > 1 else torch.empty(n_q, 0, dtype=torch.long)
+        picked = repetition_aware_sample(logits, history, SamplingConfig(s.temperature, s.top_k, s.top_p),
+                                         s.ras_win_len, s.ras_win_max_num_repeat, row.generator)
+        if row.eos_column is None and int(picked[0]) == eos:
+            row.eos_column = column
+        picked = torch.where(k >= column, torch.full_like(picked, bos), picked)
+        if row.eos_column is not None:
+            picked = torch.where(k + row.eos_column <= column, torch.full_like(picked, eos), picked)
+        return picked
+
+    def _step_inputs(self, rows: list[_Row], fed: list[tuple[str, object]]):
+        cfg = self.config
+        n = len(rows)
+        ids = torch.full((n, 1), cfg.pad_token_id, dtype=torch.long)
+        codes = torch.zeros((n, cfg.audio_num_codebooks, 1), dtype=torch.long)
+        mask = torch.zeros((n, 1), dtype=torch.bool)
+        live = torch.zeros(n, dtype=torch.bool)
+        for i, (kind, value) in enumerate(fed):
+            if kind == "text":
+                ids[i, 0], live[i] = value, True
+            elif kind == "audio":
+                ids[i, 0], codes[i, :, 0], mask[i, 0], live[i] = cfg.audio_out_token_id, value, True, True
+        return ids.to(self.device), codes.to(self.device), mask.to(self.device), live.to(self.device)
+
+    def _hit_stop_string(self, row: _Row) -> bool:
+        if not row.settings.stop_strings:
+            return False
+        text = self.tokenizer.decode(row.text_tokens[-32:])
+        return any(text.endswith(stop) for stop in row.settings.stop_strings)
+
+    # ------------------------------------------------------------------------- results
+
+    def reverted_codes(self, row: _Row) -> np.ndarray:
+        """The audio codes (n_q, T) of a row's delayed columns (an unfinished staircase is cut off)."""
+        n_q = self.config.audio_num_codebooks
+        if not row.columns:
+            return np.zeros((n_q, 0), np.int64)
+        reverter = DelayReverter(n_q)
+        frames = [reverter.push(c) for c in row.columns] + [reverter.flush()]
+        codes = torch.cat(frames, dim=1)
+        valid = (codes < self.config.audio_codebook_size).all(dim=0)  # drop BOS/EOS fill of a cut-off stream
+        return self._clip(codes[:, valid]).numpy()
+
+    def _clip(self, frames: torch.Tensor) -> torch.Tensor:
+        return frames.clamp(0, self.config.audio_codebook_size - 1)
+
+    def _response(self, row: _Row) -> HiggsAudioResponse:
+        codes = self.reverted_codes(row)
+        audio = self.audio_tokenizer.decode(codes) if codes.shape[1] else None
+        text = self.tokenizer.decode(row.text_tokens)
+        completion = len(row.text_tokens) + len(row.columns)
+        usage = {"prompt_tokens": row.prompt_len, "completion_tokens": completion,
+                 "total_tokens": row.prompt_len + completion, "cached_tokens": 0, "finish_reason": row.finish_reason}
+        return HiggsAudioResponse(audio, self.sampling_rate, text, codes, list(row.text_tokens), usage)
+
+
+def _per_request(settings, n: int) -> list[GenerationSettings]:
+    if settings is None:
+        return [GenerationSettings() for _ in range(n)]
+    if isinstance(settings, GenerationSettings):
+        return [settings] * n
+    if len(settings) != n:
+        raise ValueError(f"{len(settings)} settings for {n} requests")
+    return list(settings)
+
+
+def _cut(wav, sr: int | None, offset: float, duration: float | None):
+    from cadenza.core.audio import read_audio
+
+    if not isinstance(wav, np.ndarray):
+        wav, sr = read_audio(wav)
+    start = int(offset * sr)
+    stop = None if duration is None else start + int(duration * sr)
+    return wav[start:stop], sr
+
+
+__all__ = ["HiggsAudioServeEngine", "HiggsAudioResponse", "HiggsAudioStreamerDelta", "GenerationSettings", "SHIPPED_MODEL"]

@@ -1,0 +1,171 @@
+"""How well the speech LM speaks, on sentences and voices it never trained on.
+
+Groups (all sentences from the corpus' test split, never trained on):
+- `joe`: the shipped `joe` voice preset says held-out sentences; word error rate of Whisper tiny.en;
+- `unseen_speaker`: voices held out of training entirely (the corpus' test-only speakers), cloned from one
+  reference clip + transcript; WER, and resemblyzer similarity of the generated speech to the reference;
+- `festival`: Festival voices no model here ever trains on, synthesized at evaluation time, cloned the same way.
+For context each clone group also reports the WER of the reference engine's own speech of the sentences.
+Generation runs batched; the real-time factor is wall time over seconds of audio produced.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cadenza.core.audio import read_audio, resample
+from cadenza.higgs_audio.dataset import DEFAULT_SCENE, read_manifest
+from cadenza.higgs_audio.engine import GenerationSettings, HiggsAudioServeEngine
+from cadenza.higgs_audio.speak import Reference, SpeechRequest, conversation, file_reference, plan_chunks
+from cadenza.higgs_audio.speech_metrics import SpeakerEncoder, Transcriber, edit_distance, festival_clips, normalize_words
+
+
+@dataclass
+class Case:
+    """One sentence to say in one voice."""
+
+    group: str
+    voice: str
+    text: str
+    reference_audio: str
+    reference_text: str
+    engine_audio: str | None = None  # the voice's own engine saying `text`, when the corpus has it
+
+
+@dataclass
+class CaseResult:
+    group: str
+    voice: str
+    text: str
+    hypothesis: str
+    words: int
+    errors: int
+    engine_errors: int | None
+    similarity: float
+    seconds: float
+
+
+def build_cases(corpus_dir: str | Path, joe: int = 30, per_voice: int = 4, festival: bool = True,
+                work_dir: str | Path = "runs/eval_tts", seed: int = 0) -> list[Case]:
+    """Held-out sentences for the joe preset, the corpus' test-only speakers and Festival voices."""
+    from cadenza.higgs_audio.speak import voices
+
+    corpus_dir = Path(corpus_dir)
+    rows = read_manifest(corpus_dir)
+    rng = random.Random(seed)
+    train_speakers = {r["speaker"] for r in rows if r["split"] == "train"}
+    test = [r for r in rows if r["split"] == "test"]
+    joe_rows = [r for r in test if r["speaker"] == "piper-joe"]
+    rng.shuffle(joe_rows)
+    joe_preset = voices().get("joe")
+    cases = []
+    if joe_preset is not None:
+        ref_text = joe_preset.with_suffix(".txt").read_text().strip()
+        cases += [Case("joe", "joe", r["text"], str(joe_preset), ref_text, str(corpus_dir / r["audio"]))
+                  for r in joe_rows[:joe]]
+    by_speaker = defaultdict(list)
+    for r in test:
+        if r["speaker"] not in train_speakers:
+            by_speaker[r["speaker"]].append(r)
+    for speaker, utterances in sorted(by_speaker.items()):
+        utterances = sorted(utterances, key=lambda r: r["id"])
+        rng.shuffle(utterances)
+        refs = [r for r in utterances if 2.0 <= r["duration"] <= 6.0]
+        if not refs:
+            continue
+        ref = refs[0]
+        for r in [u for u in utterances if u is not ref][:per_voice]:
+            cases.append(Case("unseen_speaker", speaker, r["text"], str(corpus_dir / ref["audio"]), ref["text"],
+                              str(corpus_dir / r["audio"])))
+    if festival:
+        sentences = sorted({r["text"] for r in test if 5 <= len(r["text"].split()) <= 16})
+        rng.shuffle(sentences)
+        clips = festival_clips(sentences[: per_voice + 1], Path(work_dir) / "festival", per_voice + 1)
+        by_voice = defaultdict(list)
+        for clip in clips:
+            by_voice[clip.speaker].append(clip)
+        for voice, voice_clips in by_voice.items():
+            ref, targets = voice_clips[0], voice_clips[1:]
+            cases += [Case("festival", voice, c.text, ref.audio, ref.text, c.audio) for c in targets]
+    return cases
+
+
+def evaluate_tts(engine: HiggsAudioServeEngine, cases: list[Case], batch_size: int = 8, seed: int = 0,
+                 temperature: float = 0.7, progress: bool = True) -> dict:
+    """Generate every case (batched), then measure WER and speaker similarity; per-group aggregates + rows."""
+    from tqdm import tqdm
+
+    references: dict[tuple[str, str], Reference] = {}
+    prompts, settings = [], []
+    for n, case in enumerate(cases):
+        key = (case.reference_audio, case.reference_text)
+        if key not in references:
+            references[key] = file_reference(engine, case.reference_audio, case.reference_text)
+        request = SpeechRequest(case.text, {0: references[key]}, scene=DEFAULT_SCENE)
+        prompts.append(conversation(request, plan_chunks(case.text, None)[0], [], engine.tokenizer))
+        settings.append(GenerationSettings(max_new_tokens=25 * 20, temperature=temperature, seed=seed + n))
+    audios, started = [], time.perf_counter()
+    for start in tqdm(range(0, len(prompts), batch_size), desc="generating", disable=not progress):
+        responses = engine.generate_prompts(prompts[start : start + batch_size], settings[start : start + batch_size])
+        audios += [r.audio if r.audio is not None else np.zeros(0, np.float32) for r in responses]
+    generation_seconds = time.perf_counter() - started
+    transcribe, speaker = Transcriber(), SpeakerEncoder()
+    results, sr = [], engine.sampling_rate
+    for case, audio in tqdm(list(zip(cases, audios)), desc="measuring", disable=not progress):
+        words = normalize_words(case.text)
+        generated16 = resample(audio, sr, 16000) if len(audio) else np.zeros(1600, np.float32)
+        hypothesis = transcribe(generated16)
+        reference16 = resample(read_audio(case.reference_audio, sr=sr)[0], sr, 16000)
+        engine_errors = None
+        if case.engine_audio:
+            engine16 = resample(read_audio(case.engine_audio, sr=sr)[0], sr, 16000)
+            engine_errors = edit_distance(words, normalize_words(transcribe(engine16)))
+        results.append(CaseResult(case.group, case.voice, case.text, hypothesis, len(words),
+                                  edit_distance(words, normalize_words(hypothesis)), engine_errors,
+                                  speaker.similarity(reference16, generated16) if len(audio) else 0.0, len(audio) / sr))
+    audio_seconds = sum(r.seconds for r in results)
+    groups = defaultdict(list)
+    for r in results:
+        groups[r.group].append(r)
+    return {
+        "groups": {name: aggregate(rows) for name, rows in groups.items()},
+        "rtf": generation_seconds / max(audio_seconds, 1e-9),
+        "batch_size": batch_size,
+        "cases": [asdict(r) for r in results],
+    }
+
+
+def aggregate(rows: list[CaseResult]) -> dict:
+    """Corpus-level WER (errors / words), mean similarity, and the engines' own WER where known."""
+    words = sum(r.words for r in rows) or 1
+    known = [r for r in rows if r.engine_errors is not None]
+    return {
+        "n": len(rows),
+        "wer": 100.0 * sum(r.errors for r in rows) / words,
+        "engine_wer": 100.0 * sum(r.engine_errors for r in known) / (sum(r.words for r in known) or 1) if known else None,
+        "similarity": float(np.mean([r.similarity for r in rows])),
+        "mean_seconds": float(np.mean([r.seconds for r in rows])),
+    }
+
+
+def format_report(report: dict) -> str:
+    """A small table of the groups."""
+    lines = [f"{'group':<16}{'n':>4}{'WER %':>8}{'engine WER %':>14}{'similarity':>12}{'mean s':>8}"]
+    for name, g in report["groups"].items():
+        engine = f"{g['engine_wer']:.1f}" if g["engine_wer"] is not None else "-"
+        lines.append(f"{name:<16}{g['n']:>4}{g['wer']:>8.1f}{engine:>14}{g['similarity']:>12.3f}{g['mean_seconds']:>8.2f}")
+    lines.append(f"real-time factor (batch {report['batch_size']}): {report['rtf']:.3f}")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, path: str | Path) -> None:
+    """The report as JSON."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=1))
