@@ -168,6 +168,11 @@ def test_tiny_training_resumes_and_exports_a_loadable_model(corpus, tmp_path):
     engine = HiggsAudioServeEngine(export)
     response = engine.generate(ChatMLSample([Message("user", "Hello there.")]), max_new_tokens=12, seed=0)
     assert response.generated_audio_tokens.shape[0] == 8
+    # a model refuses an audio tokenizer whose codes it never learned
+    config_file = export / "config.json"
+    config_file.write_text(config_file.read_text().replace(engine.config.audio_tokenizer_fingerprint, "0123456789ab"))
+    with pytest.raises(ValueError, match="0123456789ab"):
+        HiggsAudioServeEngine(export)
 
 
 def test_finetune_freezes_everything_but_the_audio_adapter(config):

@@ -216,10 +216,11 @@ def export_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="Lightning checkpoint (.ckpt) of a `speech train` run.")],
     out_dir: Annotated[Path, typer.Argument(help="Model directory (weights, config, tokenizer.json).")],
     half: Annotated[bool, typer.Option("--half", help="Store weights as float16 (for shipping).")] = False,
+    codec: Annotated[Path | None, typer.Option(help="The audio tokenizer the run trained on (default: the shipped one).")] = None,
 ) -> None:
     """Turn a training checkpoint of the audio LM into a model directory the engine loads."""
     from cadenza.higgs_audio.training import export
 
     if not checkpoint.exists():
         _fail(f"{checkpoint}: no such checkpoint")
-    typer.echo(f"{checkpoint} -> {export(checkpoint, out_dir, half=half)}")
+    typer.echo(f"{checkpoint} -> {export(checkpoint, out_dir, codec=codec, half=half)}")

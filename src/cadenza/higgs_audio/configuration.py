@@ -81,9 +81,9 @@ class HiggsAudioConfig(PretrainedConfig):
 
     @classmethod
     def small(cls, **overrides) -> HiggsAudioConfig:
-        """A model trainable on CPU: 28M parameters plus 768 per text-vocabulary entry (53M at 32k)."""
-        sizes = {"hidden_size": 384, "num_hidden_layers": 8, "num_attention_heads": 6, "num_key_value_heads": 2,
-                 "intermediate_size": 1024}
+        """The shipped size, trainable on one CPU core (~2.4 s per batch of 8 conversations): 12.5M parameters."""
+        sizes = {"hidden_size": 256, "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 2,
+                 "intermediate_size": 768}
         return cls(**{**sizes, **overrides})
 
     @classmethod

@@ -105,6 +105,7 @@ class HiggsAudioServeEngine:
         self.config = self.model.config
         self.tokenizer = TextTokenizer.load(model_path / TOKENIZER_FILE)
         self.audio_tokenizer = load_audio_tokenizer(audio_tokenizer_path, device=device)
+        _check_codec(self.config, audio_tokenizer_path)
         self.collator = HiggsAudioSampleCollator(self.config, pad_left=True, round_to=1)
         self.sampling_rate = self.audio_tokenizer.sampling_rate
         self._codes_cache: dict[tuple, np.ndarray] = {}
@@ -335,6 +336,18 @@ class HiggsAudioServeEngine:
         usage = {"prompt_tokens": row.prompt_len, "completion_tokens": completion,
                  "total_tokens": row.prompt_len + completion, "cached_tokens": 0, "finish_reason": row.finish_reason}
         return HiggsAudioResponse(audio, self.sampling_rate, text, codes, list(row.text_tokens), usage)
+
+
+def _check_codec(config, audio_tokenizer_path: str | Path | None) -> None:
+    """A model only speaks through the audio tokenizer whose codes it learned."""
+    from cadenza.higgs_audio.dataset import codec_fingerprint
+
+    expected = getattr(config, "audio_tokenizer_fingerprint", None)
+    found = codec_fingerprint(audio_tokenizer_path)
+    if expected is not None and expected != found:
+        where = audio_tokenizer_path or "the shipped audio tokenizer"
+        raise ValueError(f"this model learned the codes of audio tokenizer {expected}, but {where} is {found}; "
+                         "pass the matching --codec")
 
 
 def _per_request(settings, n: int) -> list[GenerationSettings]:

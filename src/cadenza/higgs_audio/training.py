@@ -20,7 +20,7 @@ import torch
 from cadenza.core.training import ResumableDataLoader, TrainConfig, configure_optimizers, fit, load_config, train_config
 from cadenza.higgs_audio.collator import HiggsAudioSampleCollator
 from cadenza.higgs_audio.configuration import HiggsAudioConfig
-from cadenza.higgs_audio.dataset import SampleMix, SpeechLMDataset, read_manifest
+from cadenza.higgs_audio.dataset import SampleMix, SpeechLMDataset, codec_fingerprint, read_manifest
 from cadenza.higgs_audio.modeling import HiggsAudioModel
 from cadenza.higgs_audio.text import TextTokenizer
 
@@ -159,15 +159,19 @@ def train(config_path: str | Path | None = None, overrides: list[str] = (), resu
     trainer = fit(module, datamodule, train_cfg, run_dir, resume=resume)
     export_dir = run_dir / "model"
     if trainer.is_global_zero:
-        save_model(module.model, tokenizer, export_dir, step=trainer.global_step)
+        save_model(module.model, tokenizer, export_dir, step=trainer.global_step, codec=cfg["data"]["codec"])
     return export_dir
 
 
 def save_model(model: HiggsAudioModel, tokenizer: TextTokenizer, out_dir: str | Path, step: int,
-               half: bool = False) -> Path:
-    """A model directory the engine loads: `save_pretrained` weights + config, and `tokenizer.json`."""
+               codec: str | Path | None = None, half: bool = False) -> Path:
+    """A model directory the engine loads: `save_pretrained` weights + config, and `tokenizer.json`.
+
+    The config records the training step and the fingerprint of the audio tokenizer whose codes the model
+    learned (`codec`, None = the shipped one), so the engine refuses to pair it with another codec."""
     out_dir = Path(out_dir)
     model.config.training_step = step
+    model.config.audio_tokenizer_fingerprint = codec_fingerprint(codec)
     target = model.half() if half else model
     target.save_pretrained(out_dir)
     if half:
@@ -176,13 +180,14 @@ def save_model(model: HiggsAudioModel, tokenizer: TextTokenizer, out_dir: str | 
     return out_dir
 
 
-def export(checkpoint: str | Path, out_dir: str | Path, half: bool = False) -> Path:
-    """Export a Lightning checkpoint of a `speech train` run (its tokenizer sits two levels up)."""
+def export(checkpoint: str | Path, out_dir: str | Path, codec: str | Path | None = None, half: bool = False) -> Path:
+    """Export a Lightning checkpoint of a `speech train` run (its tokenizer sits two levels up) trained on
+    the codes of `codec` (None = the shipped audio tokenizer)."""
     checkpoint = Path(checkpoint)
     module = SpeechLMModule.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=False)
     tokenizer = TextTokenizer.load(checkpoint.parent.parent / TOKENIZER_FILE)
     step = int(torch.load(str(checkpoint), map_location="cpu", weights_only=False).get("global_step", -1))
-    return save_model(module.model, tokenizer, out_dir, step=step, half=half)
+    return save_model(module.model, tokenizer, out_dir, step=step, codec=codec, half=half)
 
 
 __all__ = ["train", "export", "save_model", "SpeechLMModule", "SpeechDataModule", "default_config"]
