@@ -16,8 +16,8 @@ from cadenza.higgs_audio.corpus_text import (  # noqa: E402
     collect_sentences,
     fortune_paragraphs,
     normalize_sentence,
-    number_to_words,
 )
+from cadenza.higgs_audio.text import number_to_words  # noqa: E402
 from cadenza.higgs_audio.corpus_voices import JOE, VoiceIdentity, default_voices, engine_available  # noqa: E402
 
 SENTENCES = [

@@ -16,6 +16,8 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from cadenza.higgs_audio.text import spell_number
+
 FORTUNE_DIR = Path("/usr/share/games/fortunes")
 # ASCII drawings, and the one file of non-English text.
 SKIPPED_FORTUNE_FILES = {"ascii-art", "art", "translate-me"}
@@ -23,11 +25,6 @@ SKIPPED_FORTUNE_FILES = {"ascii-art", "art", "translate-me"}
 MIN_WORDS = 3
 MAX_WORDS = 30
 
-_ONES = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen"
-).split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 # Abbreviations whose period does not end a sentence.
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "prof", "mt", "no", "gen", "col", "capt", "rev"}
 _ATTRIBUTION = re.compile(r"^\s*(--|-\s|~)")
@@ -35,30 +32,6 @@ _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')]))\s+(?=[\"'`(]*[A-Z])
 _ALLOWED = re.compile(r"^[A-Za-z0-9 .,!?;'-]+$")
 _INNER_STOP = re.compile(r"(\w+)[.!?](?=.)")
 _NUMBER = re.compile(r"(?<![\w.,:'-])\d{1,6}(?![\w:]|[.,]\d)")
-
-
-def number_to_words(n: int) -> str:
-    """Spell a non-negative integer below one million in English words ("forty two")."""
-    if n < 0 or n >= 1_000_000:
-        raise ValueError(f"number out of range for spelling: {n}")
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        tens, ones = divmod(n, 10)
-        return _TENS[tens] + ("" if ones == 0 else " " + _ONES[ones])
-    if n < 1000:
-        hundreds, rest = divmod(n, 100)
-        return _ONES[hundreds] + " hundred" + ("" if rest == 0 else " " + number_to_words(rest))
-    thousands, rest = divmod(n, 1000)
-    return number_to_words(thousands) + " thousand" + ("" if rest == 0 else " " + number_to_words(rest))
-
-
-def _spell_number(token: str) -> str:
-    n = int(token)
-    if 1100 <= n <= 1999 and n % 100 != 0:  # a year: "nineteen eighty four"
-        high, low = divmod(n, 100)
-        return number_to_words(high) + " " + (number_to_words(low) if low >= 10 else "oh " + _ONES[low])
-    return number_to_words(n)
 
 
 def normalize_sentence(text: str) -> str | None:
@@ -81,7 +54,7 @@ def normalize_sentence(text: str) -> str | None:
             return None
     if re.search(r"[A-Z]{2,}", text):  # acronyms and shouting are read letter by letter or oddly
         return None
-    text = _NUMBER.sub(lambda m: _spell_number(m.group()), text)
+    text = _NUMBER.sub(lambda m: spell_number(m.group()), text)
     if re.search(r"\d", text):  # times, decimals, ordinals, codes
         return None
     words = text.split()

@@ -31,11 +31,11 @@ class Clip:
 # --- words --------------------------------------------------------------------------------------
 def normalize_words(text: str) -> list[str]:
     """Lowercase words without punctuation, digits spelled out as the corpus spells them, for WER."""
-    from cadenza.higgs_audio.corpus_text import _spell_number
+    from cadenza.higgs_audio.text import spell_number
 
     text = text.lower().replace("-", " ")
     text = re.sub(r"(?<=\d),(?=\d{3})", "", text)  # 1,000 -> 1000
-    text = re.sub(r"\d{1,6}", lambda m: " " + _spell_number(m.group()) + " ", text)
+    text = re.sub(r"\d{1,6}", lambda m: " " + spell_number(m.group()) + " ", text)
     text = re.sub(r"[^a-z' ]+", " ", text)
     return [w.strip("'") for w in text.split() if w.strip("'")]
 
