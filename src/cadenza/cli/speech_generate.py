@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -83,7 +84,9 @@ def generate_cmd(
         return
     if transcript is None or out is None:
         _fail("give --transcript and --out (or --batch and --out-dir)")
-    if Path(transcript).is_file():
+    if stream and chunk_method is not None:
+        _fail("--stream speaks the transcript in one piece; drop --chunk-method or --stream")
+    if os.path.isfile(transcript):  # not Path.is_file: a long transcript raises "file name too long" there
         transcript = Path(transcript).read_text()
     engine = _engine(model, codec)
     scene_text = scene if scene is not None else _default_scene()

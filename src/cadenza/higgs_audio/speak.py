@@ -17,7 +17,7 @@ chunks' codes into one waveform (decoded once, so chunk joins have no codec edge
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -118,11 +118,11 @@ class SpeechRequest:
     settings: GenerationSettings = field(default_factory=GenerationSettings)
 
 
-def conversation(request: SpeechRequest, chunk: _Chunk, history: list[tuple[str, np.ndarray]],
+def conversation(request: SpeechRequest, chunk: _Chunk, history: list[tuple[_Chunk, np.ndarray]],
                  tokenizer: TextTokenizer) -> ChatMLDatasetSample:
-    """The prompt of one chunk: scene and voices, the recent chunks, then the chunk's text."""
+    """The prompt of one chunk: scene and voices, the recent chunks (chunk, codes), then the chunk's text."""
     speakers = sorted(request.references)
-    dialogue = len(speakers) > 1 or (chunk.speaker is not None and speakers and chunk.speaker != speakers[0])
+    dialogue = len(speakers) > 1 or (chunk.speaker is not None and bool(speakers) and chunk.speaker != speakers[0])
     codes: list[np.ndarray] = []
     messages: list[Message] = []
     if dialogue or request.ref_in_system:
@@ -133,18 +133,25 @@ def conversation(request: SpeechRequest, chunk: _Chunk, history: list[tuple[str,
         for n in speakers:
             messages += [Message("user", request.references[n].text), Message("assistant", AudioContent(audio_url=f"SPEAKER{n}"))]
             codes.append(request.references[n].codes)
-    for text, audio in history[-request.buffer_size:] if request.buffer_size > 0 else []:
-        messages += [Message("user", text), Message("assistant", AudioContent(audio_url="previous chunk"))]
+    for previous, audio in history[-request.buffer_size:] if request.buffer_size > 0 else []:
+        messages += [Message("user", _said(previous, dialogue)), Message("assistant", AudioContent(audio_url="previous chunk"))]
         codes.append(audio)
-    text = chunk.text if chunk.speaker is None or not dialogue else f"[SPEAKER{chunk.speaker}] {chunk.text}"
-    messages.append(Message("user", text))
+    text = _said(chunk, dialogue)
+    # An empty assistant turn ends the prompt in the open assistant header, as in training.
+    messages += [Message("user", text), Message("assistant", "")]
     return tokenize_sample(ChatMLSample(messages), tokenizer, codes)
+
+
+def _said(chunk: _Chunk, dialogue: bool) -> str:
+    """A chunk's text as the user turn shows it: speaker-tagged in a dialogue prompt only (as in training)."""
+    return chunk.text if chunk.speaker is None or not dialogue else f"[SPEAKER{chunk.speaker}] {chunk.text}"
 
 
 def speak(engine: HiggsAudioServeEngine, request: SpeechRequest) -> HiggsAudioResponse:
     """Say a request's transcript, chunk by chunk, in its voices; one waveform out."""
     chunks = plan_chunks(request.transcript, request.chunk_method, request.chunk_max_word_num)
-    history: list[tuple[str, np.ndarray]] = []
+    request = replace(request, references=dict(request.references))  # voices picked here stay out of the caller's request
+    history: list[tuple[_Chunk, np.ndarray]] = []
     pieces, texts, usage = [], [], {"prompt_tokens": 0, "completion_tokens": 0}
     for index, chunk in enumerate(chunks):
         settings = request.settings
@@ -154,7 +161,7 @@ def speak(engine: HiggsAudioServeEngine, request: SpeechRequest) -> HiggsAudioRe
         codes = response.generated_audio_tokens
         if chunk.speaker is not None and chunk.speaker not in request.references and codes.shape[1]:
             request.references[chunk.speaker] = Reference(codes, chunk.text)  # the voice the model picked
-        history.append((chunk.text if chunk.speaker is None else f"[SPEAKER{chunk.speaker}] {chunk.text}", codes))
+        history.append((chunk, codes))
         pieces.append(codes)
         texts.append(response.generated_text)
         for key in usage:

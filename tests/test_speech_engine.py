@@ -1,0 +1,390 @@
+"""HiggsAudioServeEngine and speak() end to end on a tiny random model with the shipped audio tokenizer:
+seeding, batching, the delay pattern in generated output, streaming, cloning prompts, long form, eval tables."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cadenza.higgs_audio import training
+from cadenza.higgs_audio.chatml import AudioContent, ChatMLSample, Message
+from cadenza.higgs_audio.collator import expand_sample
+from cadenza.higgs_audio.configuration import HiggsAudioConfig
+from cadenza.higgs_audio.dataset import system_message
+from cadenza.higgs_audio.delay import build_delay_pattern
+from cadenza.higgs_audio.engine import GenerationSettings, HiggsAudioServeEngine
+from cadenza.higgs_audio.evaluate import CaseResult, aggregate, format_report
+from cadenza.higgs_audio.modeling import HiggsAudioModel
+from cadenza.higgs_audio.speak import (
+    VOICES_DIR,
+    Reference,
+    SpeechRequest,
+    conversation,
+    plan_chunks,
+    speak,
+    voice_reference,
+)
+from cadenza.higgs_audio.text import TextTokenizer
+
+SENTENCES = ["Hello there.", "How are you today, my friend?", "It is a fine day for a walk in the park."]
+N_Q, CODEBOOK = 8, 1024
+
+
+def build_tiny_speech_model(out_dir: Path, seed: int = 0) -> Path:
+    """A random tiny Higgs Audio model + tokenizer directory the engine loads (built in well under a second)."""
+    tok = TextTokenizer.build(SENTENCES)
+    config = HiggsAudioConfig.tiny(text_vocab_size=tok.vocab_size, **training.token_ids(tok))
+    torch.manual_seed(seed)
+    return training.save_model(HiggsAudioModel(config), tok, out_dir, step=0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread (and the other core is busy)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory) -> HiggsAudioServeEngine:
+    torch.set_num_threads(1)
+    return HiggsAudioServeEngine(build_tiny_speech_model(tmp_path_factory.mktemp("speech_model")))
+
+
+@pytest.fixture(scope="module")
+def joe(engine) -> Reference:
+    return voice_reference(engine, "joe")
+
+
+@pytest.fixture(scope="module")
+def slt(engine) -> Reference:
+    return voice_reference(engine, "slt")
+
+
+def _prompt(engine, text: str, references: dict | None = None, **request):
+    req = SpeechRequest(text, dict(references or {}), **request)
+    return conversation(req, plan_chunks(text, None)[0], [], engine.tokenizer)
+
+
+def _settings(n: int, seed: int | None) -> GenerationSettings:
+    return GenerationSettings(max_new_tokens=n, seed=seed)
+
+
+def _force_eos_at(engine, monkeypatch, column: int | None = None, everywhere: bool = False) -> None:
+    """Patch the audio head: codebook 0 strongly prefers EOS at delayed `column` (call i of one request
+    is column i), or BOS and EOS are strongly preferred by every codebook at every column."""
+    original = engine.model.audio_logits
+    calls = []
+
+    def audio_logits(hidden):
+        logits = original(hidden)
+        if everywhere:
+            logits[..., [CODEBOOK, CODEBOOK + 1]] = 1e4
+        elif len(calls) == column:
+            logits[..., 0, CODEBOOK + 1] = 1e4
+        calls.append(1)
+        return logits
+
+    monkeypatch.setattr(engine.model, "audio_logits", audio_logits)
+
+
+def _delayed_columns(deltas) -> np.ndarray:
+    return np.stack([d.audio_tokens for d in deltas if d.audio_tokens is not None], axis=1)
+
+
+def _turns(tokenizer: TextTokenizer, ids: list[int]) -> list[tuple[str, str]]:
+    """(role, content) of every turn of a decoded prompt; the open assistant header gives content ''."""
+    text = tokenizer.decode(ids)
+    turns = []
+    for part in text.split("<|start_header_id|>")[1:]:
+        role, content = part.split("<|end_header_id|>\n\n", 1)
+        turns.append((role, content.removesuffix("<|eot_id|>")))
+    return turns
+
+
+# ----------------------------------------------------------------------------------- seeding and batching
+
+
+def test_same_seed_same_audio_other_seed_other_audio(engine):
+    sample = ChatMLSample([system_message(), Message("user", "Hello there."),
+                           Message("assistant", AudioContent(audio_url=str(VOICES_DIR / "joe.wav"))),
+                           Message("user", "How are you today?")])
+    a = engine.generate(sample, max_new_tokens=24, seed=3)
+    b = engine.generate(sample, max_new_tokens=24, seed=3)
+    c = engine.generate(sample, max_new_tokens=24, seed=4)
+    assert a.generated_audio_tokens.shape[1] > 0 and a.audio is not None
+    np.testing.assert_array_equal(a.generated_audio_tokens, b.generated_audio_tokens)
+    np.testing.assert_array_equal(a.audio, b.audio)
+    assert not np.array_equal(a.generated_audio_tokens, c.generated_audio_tokens)
+    assert a.usage["finish_reason"] == "length" and a.usage["completion_tokens"] == 24
+
+
+def test_batch_gives_each_request_what_it_gets_alone(engine, joe):
+    prompts = [_prompt(engine, SENTENCES[0]), _prompt(engine, SENTENCES[1], {0: joe}), _prompt(engine, SENTENCES[2])]
+    assert len({len(p.input_ids) for p in prompts}) == 3  # left padding differs per row
+    settings = [_settings(20, 11), _settings(30, 12), _settings(25, 13)]  # rows also finish at different steps
+    batched = engine.generate_prompts(prompts, settings)
+    for prompt, s, b in zip(prompts, settings, batched):
+        alone = engine.generate_prompts([prompt], s)[0]
+        np.testing.assert_array_equal(alone.generated_audio_tokens, b.generated_audio_tokens)
+        np.testing.assert_allclose(alone.audio, b.audio, atol=1e-4)
+        assert b.usage["completion_tokens"] == s.max_new_tokens and b.usage["finish_reason"] == "length"
+    assert len({r.generated_audio_tokens.tobytes() for r in batched}) == 3
+    with pytest.raises(ValueError, match="2 settings for 3 requests"):
+        engine.generate_prompts(prompts, settings[:2])
+
+
+# ----------------------------------------------------------------------------------- the delay pattern
+
+
+def test_generated_codes_are_frames_of_real_codes(engine):
+    responses = engine.generate_prompts([_prompt(engine, t) for t in SENTENCES], _settings(30, 5))
+    for r in responses:
+        codes = r.generated_audio_tokens
+        # 30 columns hold 30 - N_Q complete frames; a cut-off stream's last one is held back as if it closed it
+        assert codes.shape == (N_Q, 30 - N_Q - 1)
+        assert codes.min() >= 0 and codes.max() <= CODEBOOK - 1
+        assert len(r.audio) == codes.shape[1] * engine.audio_tokenizer.hop_length
+
+
+def test_eos_on_codebook_0_ends_the_stream_with_the_full_staircase(engine, monkeypatch):
+    _force_eos_at(engine, monkeypatch, column=5)
+    prompt = _prompt(engine, SENTENCES[1])
+    deltas = list(engine.stream_prompt(prompt, _settings(40, 1)))
+    assert [d.finish_reason for d in deltas] == [None] * (len(deltas) - 1) + ["stop"]
+    delayed = _delayed_columns(deltas)
+    assert delayed.shape == (N_Q, 4 + N_Q + 1)  # T = 4 frames: columns 1..4, EOS from column 5
+    _force_eos_at(engine, monkeypatch, column=5)  # a fresh call counter for the non-streamed run
+    response = engine.generate_prompts([prompt], _settings(40, 1))[0]
+    codes = response.generated_audio_tokens
+    assert codes.shape == (N_Q, 4) and response.usage["finish_reason"] == "stop"
+    np.testing.assert_array_equal(delayed, build_delay_pattern(torch.from_numpy(codes), CODEBOOK, CODEBOOK + 1).numpy())
+
+
+def test_bos_and_eos_only_where_the_pattern_puts_them(engine, monkeypatch):
+    """Even a head that wants BOS/EOS everywhere yields a valid stream: codebook 0 may not end before one frame,
+    the others neither start late nor end early."""
+    _force_eos_at(engine, monkeypatch, everywhere=True)
+    deltas = list(engine.stream_prompt(_prompt(engine, SENTENCES[0]), _settings(40, 2)))
+    delayed = _delayed_columns(deltas)
+    assert deltas[-1].finish_reason == "stop" and delayed.shape == (N_Q, 1 + N_Q + 1)
+    codes = delayed[np.arange(N_Q), np.arange(N_Q) + 1][:, None]
+    assert codes.max() < CODEBOOK
+    np.testing.assert_array_equal(delayed, build_delay_pattern(torch.from_numpy(codes), CODEBOOK, CODEBOOK + 1).numpy())
+    assert len(np.concatenate([d.audio for d in deltas if d.audio is not None])) == engine.audio_tokenizer.hop_length
+
+
+def test_text_turns_into_audio_after_audio_out_bos(engine, monkeypatch):
+    """Unforced, the model writes text until it opens audio with <|audio_out_bos|> (here at its 3rd token)."""
+    original, calls = engine.model.text_logits, []
+    audio_out_bos = engine.config.audio_out_bos_token_id
+
+    def text_logits(hidden):
+        logits = original(hidden)
+        if len(calls) == 2:
+            logits[..., audio_out_bos] = 1e4
+        calls.append(1)
+        return logits
+
+    monkeypatch.setattr(engine.model, "text_logits", text_logits)
+    settings = GenerationSettings(max_new_tokens=30, seed=1, force_audio_gen=False)
+    response = engine.generate_prompts([_prompt(engine, SENTENCES[0])], settings)[0]
+    assert len(response.generated_text_tokens) == 3 and response.generated_text_tokens[-1] == audio_out_bos
+    assert response.generated_audio_tokens.shape == (N_Q, 30 - 3 - N_Q - 1)
+
+
+# ----------------------------------------------------------------------------------- streaming
+
+
+def test_stream_concatenates_to_the_generated_audio(engine, joe):
+    prompt, settings = _prompt(engine, SENTENCES[1], {0: joe}), _settings(40, 7)
+    whole = engine.generate_prompts([prompt], settings)[0]
+    deltas = list(engine.stream_prompt(prompt, settings))
+    assert len(deltas) == 40 and deltas[-1].finish_reason == "length"
+    with_audio = [i for i, d in enumerate(deltas) if d.audio is not None and len(d.audio)]
+    assert with_audio[0] < len(deltas) - 1  # audio before the end: the stream really streams
+    streamed = np.concatenate([deltas[i].audio for i in with_audio])
+    assert streamed.shape == whole.audio.shape
+    np.testing.assert_allclose(streamed, whole.audio, atol=1e-4)
+
+
+def test_stream_ending_on_eos_flushes_all_audio(engine, monkeypatch):
+    prompt, settings = _prompt(engine, SENTENCES[0]), _settings(40, 8)
+    _force_eos_at(engine, monkeypatch, column=15)
+    whole = engine.generate_prompts([prompt], settings)[0]
+    _force_eos_at(engine, monkeypatch, column=15)
+    deltas = list(engine.stream_prompt(prompt, settings))
+    streamed = np.concatenate([d.audio for d in deltas if d.audio is not None])
+    assert whole.generated_audio_tokens.shape[1] == 14
+    np.testing.assert_allclose(streamed, whole.audio, atol=1e-4)
+
+
+def test_async_delta_stream(engine):
+    sample = ChatMLSample([system_message(), Message("user", "Hello there.")])
+
+    async def collect():
+        return [d async for d in engine.generate_delta_stream(sample, max_new_tokens=30, seed=9)]
+
+    deltas = asyncio.run(collect())
+    whole = engine.generate(sample, max_new_tokens=30, seed=9)
+    assert deltas[-1].finish_reason == "length"
+    np.testing.assert_allclose(np.concatenate([d.audio for d in deltas if d.audio is not None]), whole.audio, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------- cloning prompts
+
+
+def test_reference_as_user_assistant_pair(engine, joe):
+    prompt = _prompt(engine, SENTENCES[1], {0: joe})
+    turns = _turns(engine.tokenizer, prompt.input_ids)
+    assert [r for r, _ in turns] == ["system", "user", "assistant", "user", "assistant"]
+    assert "<|AUDIO" not in turns[0][1]
+    assert turns[2][1] == "<|audio_out_bos|><|AUDIO_OUT|><|audio_eos|>"
+    assert turns[-1][1] == ""  # ends in the open assistant header, as training prompts do
+    assert len(prompt.audio_codes) == 1 and prompt.audio_codes[0] is joe.codes
+
+
+def test_reference_in_system_message_is_audio_codes_there(engine, joe):
+    """The original's #136: a reference in the system message must reach the model as its codes."""
+    prompt = _prompt(engine, SENTENCES[1], {0: joe}, ref_in_system=True)
+    turns = _turns(engine.tokenizer, prompt.input_ids)
+    assert [r for r, _ in turns] == ["system", "user", "assistant"]
+    assert "SPEAKER0: <|audio_bos|><|AUDIO|><|audio_eos|>" in turns[0][1]
+    assert "<|AUDIO" not in turns[1][1]
+    expanded = expand_sample(prompt, engine.config)
+    audio_positions = np.flatnonzero(expanded.audio_mask)
+    first_eot = int(np.flatnonzero(expanded.input_ids == engine.tokenizer.token_id("<|eot_id|>"))[0])
+    T = joe.codes.shape[1]
+    assert len(audio_positions) == T + N_Q + 1 and audio_positions.max() < first_eot
+    delayed = build_delay_pattern(torch.from_numpy(joe.codes.astype(np.int64)), CODEBOOK, CODEBOOK + 1).numpy()
+    np.testing.assert_array_equal(expanded.audio_codes[:, audio_positions], delayed)
+
+
+def test_dialogue_puts_both_references_in_the_system_message(engine, joe, slt):
+    text = "[SPEAKER0] hi [SPEAKER1] there"
+    prompt = _prompt(engine, text, {0: joe, 1: slt})
+    turns = _turns(engine.tokenizer, prompt.input_ids)
+    assert [r for r, _ in turns] == ["system", "user", "assistant"]
+    system = turns[0][1]
+    audio_in = "<|audio_bos|><|AUDIO|><|audio_eos|>"
+    assert system.index(f"SPEAKER0: {audio_in}") < system.index(f"SPEAKER1: {audio_in}")
+    assert "[SPEAKER0]" in turns[1][1] and "[SPEAKER1]" in turns[1][1]
+    assert [c is r.codes for c, r in zip(prompt.audio_codes, (joe, slt))] == [True, True]
+
+
+class _Recorder:
+    """Wraps engine.generate_prompts to keep every prompt and response speak() makes."""
+
+    def __init__(self, engine, monkeypatch):
+        self.prompts, self.responses = [], []
+        original = engine.generate_prompts
+
+        def generate_prompts(prompts, settings=None):
+            responses = original(prompts, settings)
+            self.prompts += prompts
+            self.responses += responses
+            return responses
+
+        monkeypatch.setattr(engine, "generate_prompts", generate_prompts)
+
+
+def test_speaker_without_reference_keeps_its_first_turn_as_voice(engine, joe, monkeypatch):
+    rec = _Recorder(engine, monkeypatch)
+    request = SpeechRequest("[SPEAKER0] Hello there. [SPEAKER1] How are you? [SPEAKER1] It is fine.", {0: joe},
+                            chunk_method="speaker", settings=_settings(24, 1))
+    response = speak(engine, request)
+    assert len(rec.prompts) == 3 and list(request.references) == [0]  # the caller's request is left alone
+    first_turn_of_1 = rec.responses[1].generated_audio_tokens
+    last = rec.prompts[2]
+    system = _turns(engine.tokenizer, last.input_ids)[0][1]
+    assert "SPEAKER0: <|audio_bos|>" in system and "SPEAKER1: <|audio_bos|>" in system
+    assert last.audio_codes[0] is joe.codes and last.audio_codes[1] is first_turn_of_1
+    assert response.generated_audio_tokens.shape[1] == sum(r.generated_audio_tokens.shape[1] for r in rec.responses)
+
+
+@pytest.mark.xfail(strict=True, reason="dataset.system_message labels references SPEAKER0.. by position, "
+                   "not by speaker number (reported to the lead; dataset.py is not ours to edit)")
+def test_voice_picked_for_speaker1_is_labelled_speaker1(engine, monkeypatch):
+    rec = _Recorder(engine, monkeypatch)
+    speak(engine, SpeechRequest("[SPEAKER1] Hello there. [SPEAKER0] How are you?", chunk_method="speaker",
+                                settings=_settings(20, 1)))
+    system = _turns(engine.tokenizer, rec.prompts[1].input_ids)[0][1]
+    assert "SPEAKER1: <|audio_bos|>" in system
+
+
+# ----------------------------------------------------------------------------------- long form
+
+
+def test_word_chunks_respect_the_limit_and_keep_sentences_whole():
+    sentences = ["One two three.", "Four five six seven!", "Eight nine?",
+                 "This sentence has far more than eight words in it, so it stands alone."]
+    text = " ".join(sentences[:3]) + "\n\n" + sentences[3] + " Ten eleven."
+    chunks = plan_chunks(text, "word", chunk_max_word_num=8)
+    texts = [c.text for c in chunks]
+    assert texts == ["One two three. Four five six seven!", "Eight nine?", sentences[3], "Ten eleven."]
+    assert all(len(t.split()) <= 8 for t in texts if t != sentences[3])
+    assert " ".join(texts).split() == text.split()
+    assert all(c.speaker is None for c in chunks)
+
+
+def test_speaker_chunks_and_planning_errors():
+    chunks = plan_chunks("Intro. [SPEAKER0] Hi there. [SPEAKER1] Hello. [SPEAKER0] Bye.", "speaker")
+    assert [(c.speaker, c.text) for c in chunks] == [(None, "Intro."), (0, "Hi there."), (1, "Hello."), (0, "Bye.")]
+    words = plan_chunks("[SPEAKER0] A b c. D e f. [SPEAKER1] G h.", "word", chunk_max_word_num=3)
+    assert [(c.speaker, c.text) for c in words] == [(0, "A b c."), (0, "D e f."), (1, "G h.")]
+    assert plan_chunks("[SPEAKER2] alone", None)[0].speaker == 2
+    assert plan_chunks("[SPEAKER0] a [SPEAKER1] b", None)[0].speaker is None
+    with pytest.raises(ValueError, match="unknown chunk method 'lines'"):
+        plan_chunks("hi", "lines")
+    with pytest.raises(ValueError, match="empty"):
+        plan_chunks("  ", None)
+
+
+@pytest.mark.parametrize("buffer_size", [1, 0])
+def test_long_form_joins_chunk_codes_and_buffers_recent_chunks(engine, joe, monkeypatch, buffer_size):
+    rec = _Recorder(engine, monkeypatch)
+    text = "Hello there. How are you?\n\nIt is a fine day. For a walk in the park."
+    request = SpeechRequest(text, {0: joe}, chunk_method="word", chunk_max_word_num=5, buffer_size=buffer_size,
+                            settings=_settings(22, 4))
+    response = speak(engine, request)
+    assert len(rec.prompts) == 3
+    parts = [r.generated_audio_tokens for r in rec.responses]
+    np.testing.assert_array_equal(response.generated_audio_tokens, np.concatenate(parts, axis=1))
+    assert len(response.audio) == sum(p.shape[1] for p in parts) * engine.audio_tokenizer.hop_length
+    for k, prompt in enumerate(rec.prompts):
+        assert prompt.audio_codes[0] is joe.codes
+        previous = prompt.audio_codes[1:]
+        assert len(previous) == min(k, buffer_size)
+        if previous:
+            assert previous[-1] is parts[k - 1]
+    assert not np.array_equal(parts[0], parts[1])  # chunks get seeds seed + index
+
+
+# ----------------------------------------------------------------------------------- evaluation tables
+
+
+def test_aggregate_and_report():
+    rows = [CaseResult("joe", "joe", "a b c d", "a b c", 4, 1, 0, 0.8, 1.5),
+            CaseResult("joe", "joe", "e f", "e g h", 2, 2, None, 0.6, 0.5),
+            CaseResult("festival", "kal", "x y z w", "x y z w", 4, 0, 2, 0.9, 2.0)]
+    joe_group = aggregate(rows[:2])
+    assert joe_group["n"] == 2 and joe_group["wer"] == pytest.approx(50.0)
+    assert joe_group["engine_wer"] == pytest.approx(0.0)  # only the row with a known engine transcript counts
+    assert joe_group["similarity"] == pytest.approx(0.7) and joe_group["mean_seconds"] == pytest.approx(1.0)
+    festival = aggregate(rows[2:])
+    assert festival["wer"] == 0.0 and festival["engine_wer"] == pytest.approx(50.0)
+    none_known = aggregate([rows[1]])
+    assert none_known["engine_wer"] is None
+    report = {"groups": {"joe": joe_group, "festival": festival, "x": none_known}, "rtf": 0.1234, "batch_size": 8}
+    lines = format_report(report).splitlines()
+    assert lines[0].split() == ["group", "n", "WER", "%", "engine", "WER", "%", "similarity", "mean", "s"]
+    assert lines[1].split() == ["joe", "2", "50.0", "0.0", "0.700", "1.00"]
+    assert lines[2].split() == ["festival", "1", "0.0", "50.0", "0.900", "2.00"]
+    assert lines[3].split() == ["x", "1", "100.0", "-", "0.600", "0.50"]
+    assert lines[-1] == "real-time factor (batch 8): 0.123"
