@@ -308,8 +308,6 @@ def test_speaker_without_reference_keeps_its_first_turn_as_voice(engine, joe, mo
     assert response.generated_audio_tokens.shape[1] == sum(r.generated_audio_tokens.shape[1] for r in rec.responses)
 
 
-@pytest.mark.xfail(strict=True, reason="dataset.system_message labels references SPEAKER0.. by position, "
-                   "not by speaker number (reported to the lead; dataset.py is not ours to edit)")
 def test_voice_picked_for_speaker1_is_labelled_speaker1(engine, monkeypatch):
     rec = _Recorder(engine, monkeypatch)
     speak(engine, SpeechRequest("[SPEAKER1] Hello there. [SPEAKER0] How are you?", chunk_method="speaker",

@@ -38,13 +38,14 @@ DEFAULT_SCENE = "Audio is recorded from a quiet room."
 SILENCE_SECONDS = 0.2  # pause between the turns of a stitched dialogue
 
 
-def system_message(scene: str | None = DEFAULT_SCENE, references: list[AudioContent] = ()) -> Message:
-    """The original's system prompt: an instruction, then a scene block that may hold one reference clip per
-    speaker (`SPEAKERn: <audio>`), the way `--ref_audio_in_system_message` places them."""
+def system_message(scene: str | None = DEFAULT_SCENE, references: dict[int, AudioContent] | None = None) -> Message:
+    """The original's system prompt: an instruction, then a scene block that may hold a reference clip per
+    speaker number (`SPEAKERn: <audio>`), the way `--ref_audio_in_system_message` places them."""
+    references = references or {}
     if not scene and not references:
         return Message("system", SYSTEM_PROMPT)
     content: list = [TextContent(f"{SYSTEM_PROMPT}\n\n<|scene_desc_start|>\n{scene or ''}")]
-    for n, audio in enumerate(references):
+    for n, audio in sorted(references.items()):
         content += [TextContent(f"\n\nSPEAKER{n}: "), audio]
     content.append(TextContent("\n<|scene_desc_end|>"))
     return Message("system", content)
@@ -199,7 +200,7 @@ class SpeechLMDataset(Dataset):
             messages = [system_message()]
             codes = []
         elif in_system:
-            messages = [system_message(references=[self._audio(reference)])]
+            messages = [system_message(references={0: self._audio(reference)})]
             codes = [self.codes[reference["id"]]]
         else:
             messages = [system_message(), Message("user", reference["text"]),
@@ -216,6 +217,6 @@ class SpeechLMDataset(Dataset):
         for turn in turns[1:]:
             joined += [self.silence, self.codes[turn["id"]]]
         codes.append(np.concatenate(joined, axis=1))
-        messages = [system_message(references=[self._audio(r) for r in references]), Message("user", transcript),
+        messages = [system_message(references={n: self._audio(r) for n, r in enumerate(references)}), Message("user", transcript),
                     Message("assistant", AudioContent(audio_url="dialogue"))]
         return ChatMLSample(messages, start_index=2, speaker=turns[0]["speaker"]), codes

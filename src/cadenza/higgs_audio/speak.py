@@ -126,7 +126,7 @@ def conversation(request: SpeechRequest, chunk: _Chunk, history: list[tuple[_Chu
     codes: list[np.ndarray] = []
     messages: list[Message] = []
     if dialogue or request.ref_in_system:
-        messages.append(system_message(request.scene, [AudioContent(audio_url=f"SPEAKER{n}") for n in speakers]))
+        messages.append(system_message(request.scene, {n: AudioContent(audio_url=f"SPEAKER{n}") for n in speakers}))
         codes += [request.references[n].codes for n in speakers]
     else:
         messages.append(system_message(request.scene))
