@@ -184,3 +184,17 @@ def test_finetune_freezes_everything_but_the_audio_adapter(config):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(("audio" in n) for n in trainable)
     assert not any(n.startswith("embed_tokens") or "self_attn" in n or "text_lm_head" in n for n in trainable)
+
+
+def test_eval_codec_cli_measures_held_out_clips(corpus, tmp_path):
+    from typer.testing import CliRunner
+
+    from cadenza.cli import app
+
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(app, ["speech", "eval-codec", "--manifest", str(corpus / "manifest.jsonl"),
+                                      "--split", "val", "--per-group", "1", "--festival", "0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert {c["group"] for c in report["clips"]} == {"seen_speaker", "unseen_speaker"}
+    assert all(0.0 <= c["similarity"] <= 1.0 for c in report["clips"])

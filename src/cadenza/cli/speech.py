@@ -157,7 +157,8 @@ def eval_codec_cmd(
     import json
     from dataclasses import asdict
 
-    from cadenza.higgs_audio.codec.evaluate import evaluate_codec, festival_clips, format_table, manifest_clips
+    from cadenza.higgs_audio.codec.evaluate import evaluate_codec, format_table, manifest_clips
+    from cadenza.higgs_audio.speech_metrics import festival_clips
 
     tok = _load_tokenizer(model)
     if not manifest.exists():
