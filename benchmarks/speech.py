@@ -12,7 +12,18 @@ depend on when a (possibly untrained) model would stop. Measured in one process,
 - (b) time to first streamed audio from `stream_prompt` (prefill, the decode steps until the delay pattern
   and the codec's lookahead release the first frame, and that frame's decode), target <= 250 ms.
 - (c) throughput at batch `--batch` in audio seconds per wall second; baseline: batch 1 in the same run;
-  target >= 10x.
+  target >= 10x. All requests clone one voice, so the engine prefills their common prompt prefix once and
+  reads it once per step; named baseline `no_prefix_sharing`: the same batch with that switched off. Every
+  request still pays its own codec decode (and, unshared, its prefill), so the ratio cannot exceed
+  (batch-1 seconds per request) / (codec decode [+ prefill] seconds per request): printed as `ceiling`.
+- (d) one decode step (forward + heads + sampling, ms) at batch 1 and `--batch`, after a prefill of the same
+  prompt: ours (`HiggsAudioDecoder` with float16 weights + `BatchSampler`, split into forward / heads /
+  sampling; at `--batch` also without prefix sharing), ours with float32 weights, and baseline
+  `previous`: the engine's former step, a `HiggsAudioModel.forward` per step with a growing attention
+  mask, both heads and a per-row, per-codebook sampling loop.
+
+Threads: on a machine whose other cores are busy (a training), use --threads 1; a second thread that has to
+share a busy core makes every matrix product wait for it (measured 5-10x slower).
 
 Default model: the shipped `src/cadenza/pretrained/higgs_audio_small`; when none is shipped (or with
 `--preset small`), an untrained `HiggsAudioConfig.small` model with a tokenizer built from a few sentences
@@ -33,15 +44,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cadenza.core.sampling import SamplingConfig, make_generator, repetition_aware_sample
 from cadenza.higgs_audio import training
 from cadenza.higgs_audio.collator import expand_sample
 from cadenza.higgs_audio.dataset import ChatMLDatasetSample
+from cadenza.higgs_audio.decoding import HiggsAudioDecoder
 from cadenza.higgs_audio.engine import (
     SHIPPED_MODEL,
     GenerationSettings,
     HiggsAudioServeEngine,
 )
-from cadenza.higgs_audio.modeling import HiggsAudioModel
+from cadenza.higgs_audio.modeling import HiggsAudioModel, KVCache
+from cadenza.higgs_audio.sampler import BatchSampler
 from cadenza.higgs_audio.speak import (
     SpeechRequest,
     conversation,
@@ -73,14 +87,14 @@ def build_engine(model: Path | None, preset: str | None) -> tuple[HiggsAudioServ
 
 def suppress_eos(engine: HiggsAudioServeEngine) -> None:
     """Codebook 0 never samples EOS: every decode runs to max_new_tokens."""
-    original, eos = engine.model.audio_logits, engine.config.audio_stream_eos_id
+    original, eos = engine.decoder.audio_logits, engine.config.audio_stream_eos_id
 
     def audio_logits(hidden: torch.Tensor) -> torch.Tensor:
         logits = original(hidden)
         logits[..., 0, eos] = float("-inf")
         return logits
 
-    engine.model.audio_logits = audio_logits
+    engine.decoder.audio_logits = audio_logits
 
 
 def timed(fn) -> tuple[float, float, object]:
@@ -116,6 +130,113 @@ def no_cache_step_seconds(engine: HiggsAudioServeEngine, prompt: ChatMLDatasetSa
     return out
 
 
+def _prefilled(engine: HiggsAudioServeEngine, prompt: ChatMLDatasetSample, batch: int, steps: int):
+    """A KV cache holding `batch` copies of the prompt (as the engine prefills it), its mask, the last hidden."""
+    cfg = engine.config
+    prompt = ChatMLDatasetSample(prompt.input_ids + [cfg.audio_out_bos_token_id], prompt.label_ids + [-100],
+                                 prompt.audio_codes)
+    inputs = engine.collator.pad([expand_sample(prompt, cfg)] * batch)
+    attention = inputs.pop("attention_mask")
+    cache = KVCache(cfg, batch, attention.shape[1] + steps + 1)
+    with torch.inference_mode():
+        hidden = engine.model(**{k: v for k, v in inputs.items() if "labels" not in k}, attention_mask=attention,
+                              past_key_values=cache).hidden_states[:, -1]
+    return cache, attention, hidden
+
+
+def _no_eos(logits: torch.Tensor, eos: int) -> torch.Tensor:
+    logits[..., 0, eos] = float("-inf")  # as suppress_eos: every variant decodes the same number of frames
+    return logits
+
+
+def previous_steps(engine: HiggsAudioServeEngine, prompt: ChatMLDatasetSample, batch: int, steps: int) -> float:
+    """Seconds per step of the engine's former decode loop (before HiggsAudioDecoder and BatchSampler)."""
+    cfg, model = engine.config, engine.model
+    n_q, bos, eos = cfg.audio_num_codebooks, cfg.audio_stream_bos_id, cfg.audio_stream_eos_id
+    cache, attention, hidden = _prefilled(engine, prompt, batch, steps)
+    generators = [make_generator(i) for i in range(batch)]
+    columns: list[list[torch.Tensor]] = [[torch.full((n_q,), bos)] for _ in range(batch)]
+    k, sampling = torch.arange(n_q), SamplingConfig(0.7, None, 0.95)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for step in range(1, steps + 1):
+            model.text_logits(hidden)
+            audio = _no_eos(model.audio_logits(hidden), eos)
+            for i in range(batch):  # the former per-row _sample_column
+                logits = audio[i].float().clone()
+                logits[:, bos] = float("-inf")
+                logits[1:, eos] = float("-inf")
+                history = torch.stack(columns[i][1:], dim=1) if len(columns[i]) > 1 else torch.empty(n_q, 0, dtype=torch.long)
+                picked = repetition_aware_sample(logits, history, sampling, 7, 2, generators[i])
+                columns[i].append(torch.where(k >= step, torch.full_like(picked, bos), picked))
+            ids = torch.full((batch, 1), cfg.audio_out_token_id)
+            codes = torch.stack([c[-1] for c in columns])[:, :, None]
+            attention = torch.cat([attention, torch.ones(batch, 1, dtype=attention.dtype)], dim=1)
+            hidden = model(input_ids=ids, audio_codes=codes, audio_mask=torch.ones(batch, 1, dtype=torch.bool),
+                           attention_mask=attention, past_key_values=cache).hidden_states[:, -1]
+    return (time.perf_counter() - start) / steps
+
+
+def our_steps(engine: HiggsAudioServeEngine, decoder: HiggsAudioDecoder, prompt: ChatMLDatasetSample, batch: int,
+              steps: int, share: bool = True) -> dict[str, float]:
+    """Seconds per step of the engine's decode loop (decoder step, audio head, batched sampling), split by part;
+    share: let the engine's prefill share the prompts' common prefix (then read once per step)."""
+    cfg = engine.config
+    prompt = ChatMLDatasetSample(prompt.input_ids + [cfg.audio_out_bos_token_id], prompt.label_ids + [-100],
+                                 prompt.audio_codes)
+    saved, engine.min_shared_prefix = engine.min_shared_prefix, engine.min_shared_prefix if share else 1 << 30
+    try:
+        with torch.inference_mode():
+            cache, attention, hidden, shared = engine._prefill([expand_sample(prompt, cfg)] * batch, steps)
+    finally:
+        engine.min_shared_prefix = saved
+    settings = [GenerationSettings(temperature=0.7, top_p=0.95, seed=i) for i in range(batch)]
+    sampler = BatchSampler(settings, [make_generator(i) for i in range(batch)], cfg.audio_num_codebooks,
+                           cfg.audio_stream_bos_id, cfg.audio_stream_eos_id)
+    rows, parts = list(range(batch)), {"forward": 0.0, "heads": 0.0, "sampling": 0.0}
+    state = decoder.start(cache, attention, shared)
+    with torch.inference_mode():
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            logits = _no_eos(decoder.audio_logits(hidden), cfg.audio_stream_eos_id)
+            t1 = time.perf_counter()
+            columns, _ = sampler.audio_columns(rows, logits, every_row=True)
+            t2 = time.perf_counter()
+            hidden = decoder.step(state, audio_codes=columns)
+            t3 = time.perf_counter()
+            parts["heads"] += t1 - t0
+            parts["sampling"] += t2 - t1
+            parts["forward"] += t3 - t2
+    out = {name: seconds / steps for name, seconds in parts.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
+def step_comparison(engine: HiggsAudioServeEngine, prompt: ChatMLDatasetSample, batches: list[int], steps: int,
+                    rounds: int) -> dict:
+    """Median ms per decode step, per batch size: ours (float16 weights; at batch > 1 also without sharing the
+    prompt prefix), ours with float32 weights, and the previous loop."""
+    fp32 = HiggsAudioDecoder(engine.model, torch.float32)
+    out = {}
+    for batch in batches:
+        variants = {"previous": lambda b=batch: {"total": previous_steps(engine, prompt, b, steps)},
+                    "ours": lambda b=batch: our_steps(engine, engine.decoder, prompt, b, steps),
+                    "ours_float32_weights": lambda b=batch: our_steps(engine, fp32, prompt, b, steps)}
+        if batch > 1:
+            variants["ours_no_prefix_sharing"] = lambda b=batch: our_steps(engine, engine.decoder, prompt, b, steps,
+                                                                          False)
+        our_steps(engine, engine.decoder, prompt, batch, 5)  # warm-up
+        samples: dict[str, list] = {name: [] for name in variants}
+        for _ in range(rounds):  # alternate, so changes in machine load hit every variant alike
+            for name, run in variants.items():
+                samples[name].append(run())
+        row = {name: {part: round(1000 * statistics.median(s[part] for s in runs), 3) for part in runs[0]}
+               for name, runs in samples.items()}
+        row["ratio_previous_over_ours"] = round(row["previous"]["total"] / row["ours"]["total"], 2)
+        out[f"batch_{batch}"] = row
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped one)")
@@ -142,9 +263,14 @@ def main() -> None:
     def settings(seed: int) -> GenerationSettings:
         return GenerationSettings(max_new_tokens=steps, temperature=0.7, seed=seed)
 
-    def batch_of(size: int):
+    def batch_of(size: int, share: bool = True):
         def run():
-            responses = engine.generate_prompts([prompt] * size, [settings(i) for i in range(size)])
+            saved = engine.min_shared_prefix
+            engine.min_shared_prefix = saved if share else 1 << 30
+            try:
+                responses = engine.generate_prompts([prompt] * size, [settings(i) for i in range(size)])
+            finally:
+                engine.min_shared_prefix = saved
             assert all(r.generated_audio_tokens.shape[1] == args.frames for r in responses)
             return responses
         return run
@@ -158,7 +284,9 @@ def main() -> None:
                 return n, prefill
         raise RuntimeError("the stream produced no audio")
 
-    runs = {"batch_1": batch_of(1), f"batch_{args.batch}": batch_of(args.batch), "first_audio": first_audio}
+    unshared = f"batch_{args.batch}_no_prefix_sharing"
+    runs = {"batch_1": batch_of(1), f"batch_{args.batch}": batch_of(args.batch), unshared: batch_of(args.batch, False),
+            "first_audio": first_audio}
     batch_of(1)()  # warm-up
     first_audio()
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
@@ -179,12 +307,16 @@ def main() -> None:
     codec_seconds = min(timed(lambda: engine.audio_tokenizer.decode(codes))[0] for _ in range(2))
     no_cache = no_cache_step_seconds(engine, prompt, columns)
     no_cache_total = statistics.mean(s for _, s in no_cache) * steps + codec_seconds
+    step_ms = step_comparison(engine, prompt, [1, args.batch], steps, args.rounds)
+    # What batching cannot share: every request's prefill and codec decode (decode steps taken as free).
+    ceiling = median["batch_1"] / (prefill_s + codec_seconds)
 
     rtf = median["batch_1"] / audio_seconds
     rtf_cpu = median_cpu["batch_1"] / audio_seconds
     rtf_no_cache = no_cache_total / audio_seconds
     throughput_1 = audio_seconds / median["batch_1"]
     throughput_b = args.batch * audio_seconds / median[f"batch_{args.batch}"]
+    throughput_unshared = args.batch * audio_seconds / median[unshared]
     first_ms = 1000 * median["first_audio"]
     result = {
         "model": source,
@@ -200,8 +332,14 @@ def main() -> None:
         "first_audio_ms": round(first_ms, 1), "first_audio_steps": outputs["first_audio"][0],
         "prefill_ms": round(1000 * prefill_s, 1),
         "codec_lookahead_frames": engine.audio_tokenizer.lookahead_frames,
-        "throughput_audio_s_per_s": {"batch_1": round(throughput_1, 3), f"batch_{args.batch}": round(throughput_b, 3)},
+        "throughput_audio_s_per_s": {"batch_1": round(throughput_1, 3), f"batch_{args.batch}": round(throughput_b, 3),
+                                     unshared: round(throughput_unshared, 3)},
         "ratio_batch_over_batch_1": round(throughput_b / throughput_1, 2),
+        "ratio_batch_over_batch_1_no_prefix_sharing": round(throughput_unshared / throughput_1, 2),
+        # without sharing, every request pays its prefill and codec decode; with it, the codec decode
+        "ratio_ceiling_no_prefix_sharing": round(ceiling, 2),
+        "ratio_ceiling_prefix_shared": round(median["batch_1"] / codec_seconds, 2),
+        "step_ms": step_ms,
         "targets": TARGETS,
         "meets_target": {"rtf": rtf <= TARGETS["rtf"], "first_audio_ms": first_ms <= TARGETS["first_audio_ms"],
                          "batch_speedup": throughput_b / throughput_1 >= TARGETS["batch_speedup"]},
@@ -218,8 +356,18 @@ def main() -> None:
         ("time to first audio (ms)", f"{first_ms:.0f}", "",
          f"{outputs['first_audio'][0]} steps, prefill {1000 * prefill_s:.0f} ms", "", "<= 250"),
         (f"audio s / wall s, batch {args.batch}", f"{throughput_b:.2f}", f"{throughput_1:.2f}", "batch 1",
-         f"{throughput_b / throughput_1:.1f}x", ">= 10x"),
+         f"{throughput_b / throughput_1:.1f}x", f">= 10x (ceiling {median['batch_1'] / codec_seconds:.1f}x)"),
+        ("  same, no prefix sharing", f"{throughput_unshared:.2f}", f"{throughput_1:.2f}", "batch 1",
+         f"{throughput_unshared / throughput_1:.1f}x", f"(ceiling {ceiling:.1f}x)"),
     ]
+    for batch in (1, args.batch):
+        row = step_ms[f"batch_{batch}"]
+        ours, previous = row["ours"], row["previous"]["total"]
+        rows.append((f"ms per step, batch {batch}", f"{ours['total']:.2f}", f"{previous:.2f}", "previous step loop",
+                     f"{row['ratio_previous_over_ours']:.1f}x",
+                     f"fwd {ours['forward']:.2f} heads {ours['heads']:.2f} sampling {ours['sampling']:.2f}; "
+                     f"fp32 weights {row['ours_float32_weights']['total']:.2f}"
+                     + (f"; unshared {row['ours_no_prefix_sharing']['total']:.2f}" if batch > 1 else "")))
     for row in rows:
         print(f"{row[0]:<34}{row[1]:>10}{row[2]:>12}  {row[3]:<28}{row[4]:>8}  {row[5]:<10}")
     print("meets target: " + ", ".join(f"{k} {v}" for k, v in result["meets_target"].items()))

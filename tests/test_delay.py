@@ -56,6 +56,19 @@ def test_incremental_revert_equals_revert(n_q: int, T: int) -> None:
 
 
 @pytest.mark.parametrize("n_q,T", SHAPES)
+def test_eager_revert_releases_each_frame_a_column_sooner(n_q: int, T: int) -> None:
+    """Eager: frame t comes with column t + n_q; not pushing the last column gives revert's frames exactly."""
+    delayed = build_delay_pattern(_codes(n_q, T, seed=T), BOS, EOS)
+    reverter = DelayReverter(n_q, eager=True)
+    outs = [reverter.push(delayed[:, c]) for c in range(delayed.shape[1] - 1)]
+    assert [c for c, out in enumerate(outs) if out.shape[1] == 1] == [t + n_q for t in range(T)]
+    assert torch.equal(torch.cat(outs + [reverter.flush()], dim=1), revert_delay_pattern(delayed))
+    cut = delayed[:, :n_q + 3]  # a stream cut off early: the same frames as revert_delay_pattern too
+    outs = [reverter.push(cut[:, c]) for c in range(cut.shape[1] - 1)]
+    assert torch.equal(torch.cat(outs + [reverter.flush()], dim=1), revert_delay_pattern(cut))
+
+
+@pytest.mark.parametrize("n_q,T", SHAPES)
 def test_constraints_match_built_pattern(n_q: int, T: int) -> None:
     delayed = build_delay_pattern(_codes(n_q, T), BOS, EOS)
     for step in range(1, delayed.shape[1]):

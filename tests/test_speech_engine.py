@@ -79,7 +79,7 @@ def _settings(n: int, seed: int | None) -> GenerationSettings:
 def _force_eos_at(engine, monkeypatch, column: int | None = None, everywhere: bool = False) -> None:
     """Patch the audio head: codebook 0 strongly prefers EOS at delayed `column` (call i of one request
     is column i), or BOS and EOS are strongly preferred by every codebook at every column."""
-    original = engine.model.audio_logits
+    original = engine.decoder.audio_logits
     calls = []
 
     def audio_logits(hidden):
@@ -91,7 +91,7 @@ def _force_eos_at(engine, monkeypatch, column: int | None = None, everywhere: bo
         calls.append(1)
         return logits
 
-    monkeypatch.setattr(engine.model, "audio_logits", audio_logits)
+    monkeypatch.setattr(engine.decoder, "audio_logits", audio_logits)
 
 
 def _delayed_columns(deltas) -> np.ndarray:
@@ -140,6 +140,21 @@ def test_batch_gives_each_request_what_it_gets_alone(engine, joe):
         engine.generate_prompts(prompts, settings[:2])
 
 
+def test_prompts_sharing_a_voice_prefill_it_once_and_match_alone(engine, joe, monkeypatch):
+    """Two requests cloning one voice share the long prompt prefix: it is computed once for the batch."""
+    prompts = [_prompt(engine, SENTENCES[1], {0: joe}), _prompt(engine, SENTENCES[2], {0: joe})]
+    settings = [_settings(20, 21), _settings(20, 22)]
+    shared = []
+    original = engine.decoder.start
+    monkeypatch.setattr(engine.decoder, "start", lambda *a: shared.append(a[2]) or original(*a))
+    batched = engine.generate_prompts(prompts, settings)
+    assert shared[-1] > joe.codes.shape[1]  # the whole reference is in the shared prefix
+    for prompt, s, b in zip(prompts, settings, batched):
+        alone = engine.generate_prompts([prompt], s)[0]
+        assert shared[-1] == 0
+        np.testing.assert_array_equal(alone.generated_audio_tokens, b.generated_audio_tokens)
+
+
 # ----------------------------------------------------------------------------------- the delay pattern
 
 
@@ -182,7 +197,7 @@ def test_bos_and_eos_only_where_the_pattern_puts_them(engine, monkeypatch):
 
 def test_text_turns_into_audio_after_audio_out_bos(engine, monkeypatch):
     """Unforced, the model writes text until it opens audio with <|audio_out_bos|> (here at its 3rd token)."""
-    original, calls = engine.model.text_logits, []
+    original, calls = engine.decoder.text_logits, []
     audio_out_bos = engine.config.audio_out_bos_token_id
 
     def text_logits(hidden):
@@ -192,7 +207,7 @@ def test_text_turns_into_audio_after_audio_out_bos(engine, monkeypatch):
         calls.append(1)
         return logits
 
-    monkeypatch.setattr(engine.model, "text_logits", text_logits)
+    monkeypatch.setattr(engine.decoder, "text_logits", text_logits)
     settings = GenerationSettings(max_new_tokens=30, seed=1, force_audio_gen=False)
     response = engine.generate_prompts([_prompt(engine, SENTENCES[0])], settings)[0]
     assert len(response.generated_text_tokens) == 3 and response.generated_text_tokens[-1] == audio_out_bos

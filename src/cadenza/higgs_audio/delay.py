@@ -44,21 +44,31 @@ class DelayReverter:
     """Reverts a delayed stream column by column, for streaming decode.
 
     Original frame t is complete once delayed column t + n_q is pushed (column 0 being the all-BOS
-    column). It is returned one column later, by the push of column t + n_q + 1: the reverter does not
-    read values, so only a following column shows that frame t is not the all-EOS frame that closes the
-    stream (column T + n_q, the last). Like revert_delay_pattern, it thus treats the last complete frame
-    of any stream as the closing one, and push outputs alone concatenate to revert_delay_pattern's output.
+    column). By default it is returned one column later, by the push of column t + n_q + 1: the reverter
+    does not read values, so only a following column shows that frame t is not the all-EOS frame that
+    closes the stream (column T + n_q, the last). Like revert_delay_pattern, it thus treats the last
+    complete frame of any stream as the closing one, and push outputs alone concatenate to
+    revert_delay_pattern's output.
+
+    With `eager=True` frame t is returned by the push of column t + n_q itself, one decode step sooner. A
+    caller that knows which column is a stream's last (a generation engine does) gets the same frames by
+    not pushing that column: it completes only the closing frame, or, in a stream cut off early, the frame
+    revert_delay_pattern drops.
     """
 
-    def __init__(self, n_q: int) -> None:
-        self.n_q = n_q
+    def __init__(self, n_q: int, eager: bool = False) -> None:
+        self.n_q, self.eager = n_q, eager
         self._window: deque[torch.Tensor] = deque(maxlen=n_q)  # the last n_q columns pushed
         self._pushed = 0
 
     def push(self, frame: torch.LongTensor) -> torch.LongTensor:
         """Take delayed column [n_q]; return the original frames [n_q, k] (k = 0 or 1) it releases."""
+        if self.eager:
+            self._window.append(frame)
+            self._pushed += 1
+            return self._diagonal() if self._pushed >= self.n_q + 1 else self._empty(frame)
         ready = self._pushed >= self.n_q + 1  # the window holds columns t + 1 .. t + n_q of frame t >= 0
-        released = torch.stack(list(self._window), dim=1).diagonal()[:, None] if ready else self._empty(frame)
+        released = self._diagonal() if ready else self._empty(frame)
         self._window.append(frame)
         self._pushed += 1
         return released
@@ -69,6 +79,10 @@ class DelayReverter:
         self._window.clear()
         self._pushed = 0
         return torch.empty((self.n_q, 0), dtype=torch.long, device=device)
+
+    def _diagonal(self) -> torch.LongTensor:
+        """Frame [n_q, 1] of the window's columns: codebook k from the k-th oldest."""
+        return torch.stack(list(self._window), dim=1).diagonal()[:, None]
 
     def _empty(self, like: torch.Tensor) -> torch.LongTensor:
         return like.new_empty((self.n_q, 0))

@@ -11,6 +11,11 @@ audio), its own seeded random generator and its own repetition-aware sampling hi
 gives the same result alone or in a batch (up to float rounding). Streamed deltas carry decoded audio:
 delayed frames are reverted incrementally and decoded chunk by chunk, and the chunks concatenate to
 exactly the audio of `generate` (the original streamed raw frames no client could decode, its #135).
+
+Speed: the prompt is prefilled by `HiggsAudioModel.forward` (prompts of a batch that begin alike, such as
+requests cloning one voice, share that prefix: computed once, read once per step); every step after it is
+a `HiggsAudioDecoder.step` (decoding.py) into the same KV cache, and all rows are sampled together by a
+`BatchSampler` (sampler.py). A stream releases each frame with the column that completes it.
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cadenza.core.sampling import SamplingConfig, make_generator, repetition_aware_sample, sample
+from cadenza.core.sampling import make_generator
 from cadenza.higgs_audio.chatml import AudioContent, ChatMLSample, prepare_chatml_sample
 from cadenza.higgs_audio.collator import HiggsAudioSampleCollator, expand_sample
 from cadenza.higgs_audio.dataset import ChatMLDatasetSample
+from cadenza.higgs_audio.decoding import HiggsAudioDecoder
 from cadenza.higgs_audio.delay import DelayReverter
 from cadenza.higgs_audio.modeling import HiggsAudioModel, KVCache
+from cadenza.higgs_audio.sampler import BatchSampler
 from cadenza.higgs_audio.text import TextTokenizer
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "pretrained" / "higgs_audio_small"
@@ -94,7 +101,10 @@ class HiggsAudioServeEngine:
     """Loads the audio LM, its text tokenizer and the audio tokenizer once; serves requests."""
 
     def __init__(self, model_path: str | Path | None = None, audio_tokenizer_path: str | Path | None = None,
-                 device: str = "cpu", dtype: torch.dtype = torch.float32):
+                 device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 decode_weight_dtype: torch.dtype = torch.float16):
+        """dtype: of the model (the prompt's prefill); decode_weight_dtype: how the decoding steps store the
+        weights (float16 halves the bytes a step reads; products stay float32, see decoding.py)."""
         from cadenza.higgs_audio.codec.api import load_audio_tokenizer
 
         model_path = Path(model_path) if model_path is not None else SHIPPED_MODEL
@@ -103,6 +113,8 @@ class HiggsAudioServeEngine:
         self.device = torch.device(device)
         self.model = HiggsAudioModel.from_pretrained(model_path).to(self.device, dtype).eval()
         self.config = self.model.config
+        self.decoder = HiggsAudioDecoder(self.model, weight_dtype=decode_weight_dtype)
+        self.min_shared_prefix = 64  # a batch's prompts sharing fewer first positions are prefilled apart
         self.tokenizer = TextTokenizer.load(model_path / TOKENIZER_FILE)
         self.audio_tokenizer = load_audio_tokenizer(audio_tokenizer_path, device=device)
         _check_codec(self.config, audio_tokenizer_path)
@@ -156,7 +168,9 @@ class HiggsAudioServeEngine:
 
     def stream_prompt(self, prompt: ChatMLDatasetSample, settings: GenerationSettings) -> Iterator[HiggsAudioStreamerDelta]:
         """The synchronous stream behind `generate_delta_stream`."""
-        reverter = DelayReverter(self.config.audio_num_codebooks)
+        # Eager: a frame is released by the column that completes it. The engine knows a stream's last
+        # column (it carries the finish reason) and does not push it, so the frames are those of `generate`.
+        reverter = DelayReverter(self.config.audio_num_codebooks, eager=True)
         decoder = self.audio_tokenizer.streaming_decoder()
         for rows, fed in self._decode([prompt], [settings]):
             row, (kind, value) = rows[0], fed[0]
@@ -166,16 +180,13 @@ class HiggsAudioServeEngine:
                 delta.text = self.tokenizer.decode([value])
             elif kind == "audio":
                 delta.audio_tokens = value.numpy()
-                frames = reverter.push(value)
-                if frames.shape[1]:
-                    delta.audio = decoder.push(self._clip(frames))
+                if row.finish_reason is None:
+                    frames = reverter.push(value)
+                    if frames.shape[1]:
+                        delta.audio = decoder.push(self._clip(frames))
             if row.finish_reason is not None:
-                tail = reverter.flush()
-                pieces = [delta.audio] if delta.audio is not None else []
-                if tail.shape[1]:
-                    pieces.append(decoder.push(self._clip(tail)))
-                pieces.append(decoder.flush())
-                delta.audio = np.concatenate(pieces)
+                reverter.flush()
+                delta.audio = decoder.flush()
             yield delta
             if row.finish_reason is not None:
                 return
@@ -207,7 +218,11 @@ class HiggsAudioServeEngine:
     # ------------------------------------------------------------------------- decoding
 
     def _decode(self, prompts: list[ChatMLDatasetSample], settings: list[GenerationSettings]):
-        """Run the batched decode; after every step yield (rows, what each row fed: (kind, value))."""
+        """Run the batched decode; after every step yield (rows, what each row fed: (kind, value)).
+
+        The prompt's prefill is one `HiggsAudioModel.forward`; every step after it is one
+        `HiggsAudioDecoder.step` into the same KV cache, with the batch's rows sampled together.
+        """
         cfg = self.config
         expanded = []
         for prompt, s in zip(prompts, settings):
@@ -215,96 +230,128 @@ class HiggsAudioServeEngine:
                 prompt = ChatMLDatasetSample(prompt.input_ids + [cfg.audio_out_bos_token_id],
                                              prompt.label_ids + [-100], prompt.audio_codes)
             expanded.append(expand_sample(prompt, cfg))
-        batch = self.collator.pad(expanded)
         rows = [_Row(s, len(e), make_generator(s.seed)) for e, s in zip(expanded, settings)]
         for row, e in zip(rows, expanded):
             row.audio = int(e.input_ids[-1]) == cfg.audio_out_bos_token_id
-        batch_size, prompt_len = batch["input_ids"].shape
+        sampler = BatchSampler(settings, [row.generator for row in rows], cfg.audio_num_codebooks,
+                               cfg.audio_stream_bos_id, cfg.audio_stream_eos_id)
         longest = max(s.max_new_tokens for s in settings)
-        cache = KVCache(cfg, batch_size, prompt_len + longest + 1, dtype=self.model.dtype, device=self.device)
-        attention = batch.pop("attention_mask").to(self.device)
+        feed_codes = torch.full((len(rows), cfg.audio_num_codebooks), cfg.audio_stream_bos_id, device=self.device)
+        feed_ids = torch.full((len(rows),), cfg.pad_token_id, device=self.device)
+        # inference_mode per step, not around the loop: a stream resumes this generator in worker threads,
+        # and the mode is thread-local.
         with torch.inference_mode():
-            hidden = self.model(**{k: v.to(self.device) for k, v in batch.items() if "labels" not in k},
-                                attention_mask=attention, past_key_values=cache).hidden_states[:, -1]
-            for step in range(longest):
-                text_logits, audio_logits = self.model.text_logits(hidden), self.model.audio_logits(hidden)
-                fed = [self._next(row, text_logits[i], audio_logits[i], step) for i, row in enumerate(rows)]
-                for row in rows:  # a row's last step carries its finish reason, so a stream can flush on it
-                    if row.finish_reason is None and step + 1 >= row.settings.max_new_tokens:
-                        row.finish_reason = "length"
-                yield rows, fed
-                if all(row.finish_reason is not None for row in rows):
-                    return
-                ids, codes, mask, live = self._step_inputs(rows, fed)
-                attention = torch.cat([attention, live[:, None].to(attention.dtype)], dim=1)
-                hidden = self.model(input_ids=ids, audio_codes=codes, audio_mask=mask, attention_mask=attention,
-                                    past_key_values=cache).hidden_states[:, -1]
+            cache, attention, hidden, shared = self._prefill(expanded, longest)
+            state = self.decoder.start(cache, attention, shared)
+        for step in range(longest):
+            with torch.inference_mode():
+                fed = self._next(rows, hidden, step, sampler, feed_codes, feed_ids)
+            for row in rows:  # a row's last step carries its finish reason, so a stream can flush on it
+                if row.finish_reason is None and step + 1 >= row.settings.max_new_tokens:
+                    row.finish_reason = "length"
+            yield rows, fed
+            if all(row.finish_reason is not None for row in rows):
+                return
+            with torch.inference_mode():
+                hidden = self._feed(state, rows, fed, feed_codes, feed_ids)
 
-    def _next(self, row: _Row, text_logits: torch.Tensor, audio_logits: torch.Tensor, step: int) -> tuple[str, object]:
-        """Decide what `row` feeds next from its logits; updates the row; ('none', None) once it is done."""
+    def _prefill(self, expanded: list, longest: int) -> tuple[KVCache, torch.Tensor, torch.Tensor, int]:
+        """Run the prompts through the model into a new KV cache with room for `longest` more positions:
+        (cache, attention mask, last hidden states (B, D), shared prefix length).
+
+        Prompts of a batch often begin alike (the same voice reference, system message and history): their
+        common prefix is computed once and copied to every row, then only the rest is run batched.
+        """
         cfg = self.config
-        if row.finish_reason is not None:
-            return "none", None
-        if step >= row.settings.max_new_tokens:
-            row.finish_reason = "length"
-            return "none", None
-        if row.audio and not row.columns:  # the all-BOS column opens every audio stream
-            column = torch.full((cfg.audio_num_codebooks,), cfg.audio_stream_bos_id, dtype=torch.long)
-            row.columns.append(column)
-            return "audio", column
-        if row.audio:
-            column = self._sample_column(row, audio_logits)
-            row.columns.append(column)
-            row.column += 1
-            if row.eos_column is not None and row.column >= row.eos_column + cfg.audio_num_codebooks - 1:
-                row.finish_reason = "stop"
-            return "audio", column
-        token = int(self._sample_text(row, text_logits))
-        row.text_tokens.append(token)
-        if token == cfg.audio_out_bos_token_id:
-            row.audio = True
-        elif token in self._stop_ids or self._hit_stop_string(row):
-            row.finish_reason = "stop"
-        return "text", token
+        shared = self._common_prefix(expanded)
+        if shared < self.min_shared_prefix:
+            shared, rest = 0, expanded
+        else:
+            rest = [_positions(e, slice(shared, None)) for e in expanded]
+        batch = self.collator.pad(rest)
+        suffix_mask = batch.pop("attention_mask").to(self.device)
+        inputs = {k: v.to(self.device) for k, v in batch.items() if "labels" not in k}
+        cache = KVCache(cfg, len(expanded), shared + suffix_mask.shape[1] + longest + 1, dtype=torch.float32,
+                        device=self.device)
+        if shared:
+            prefix = self.collator.pad([_positions(expanded[0], slice(0, shared))])
+            prefix_cache = KVCache(cfg, 1, shared, dtype=torch.float32, device=self.device)
+            self.model(**{k: v.to(self.device) for k, v in prefix.items() if k in inputs},
+                       past_key_values=prefix_cache)
+            for keys, values, k, v in zip(cache.keys, cache.values, prefix_cache.keys, prefix_cache.values):
+                keys[:, :, :shared] = k
+                values[:, :, :shared] = v
+            cache.length = shared
+        ones = torch.ones(len(expanded), shared, dtype=suffix_mask.dtype, device=self.device)
+        attention = torch.cat([ones, suffix_mask], dim=1)
+        hidden = self.model(**inputs, attention_mask=attention, past_key_values=cache).hidden_states[:, -1]
+        return cache, attention, hidden.float(), shared
 
-    def _sample_text(self, row: _Row, logits: torch.Tensor) -> torch.Tensor:
-        s = row.settings
-        return sample(logits[None].float(), SamplingConfig(s.temperature, s.top_k, s.top_p), row.generator)[0]
+    @staticmethod
+    def _common_prefix(expanded: list) -> int:
+        """Positions every prompt begins with, leaving each at least one of its own (0 for a single prompt)."""
+        if len(expanded) < 2:
+            return 0
+        first, limit = expanded[0], min(len(e) for e in expanded) - 1
+        same = np.ones(limit, dtype=bool)
+        for e in expanded[1:]:
+            same &= (e.input_ids[:limit] == first.input_ids[:limit]) & (e.audio_mask[:limit] == first.audio_mask[:limit])
+            same &= (e.audio_codes[:, :limit] == first.audio_codes[:, :limit]).all(axis=0)
+        return int(np.argmin(same)) if not same.all() else limit
 
-    def _sample_column(self, row: _Row, logits: torch.Tensor) -> torch.Tensor:
-        """One delayed column (n_q,) under the delay pattern's rules, with repetition-aware sampling per codebook."""
-        cfg, s = self.config, row.settings
-        n_q, bos, eos = cfg.audio_num_codebooks, cfg.audio_stream_bos_id, cfg.audio_stream_eos_id
-        column = row.column + 1
-        logits = logits.float().clone()
-        k = torch.arange(n_q)
-        logits[:, bos] = float("-inf")  # BOS only as fill, forced below
-        logits[1:, eos] = float("-inf")  # codebooks > 0 end only on the staircase, forced below
-        if column == 1:
-            logits[0, eos] = float("-inf")  # at least one frame
-        history = torch.stack(row.columns[1:], dim=1) if len(row.columns) > 1 else torch.empty(n_q, 0, dtype=torch.long)
-        picked = repetition_aware_sample(logits, history, SamplingConfig(s.temperature, s.top_k, s.top_p),
-                                         s.ras_win_len, s.ras_win_max_num_repeat, row.generator)
-        if row.eos_column is None and int(picked[0]) == eos:
-            row.eos_column = column
-        picked = torch.where(k >= column, torch.full_like(picked, bos), picked)
-        if row.eos_column is not None:
-            picked = torch.where(k + row.eos_column <= column, torch.full_like(picked, eos), picked)
-        return picked
+    def _next(self, rows: list[_Row], hidden: torch.Tensor, step: int, sampler: BatchSampler,
+              feed_codes: torch.Tensor, feed_ids: torch.Tensor) -> list[tuple[str, object]]:
+        """What every row feeds next, sampled from its logits: ('text', id), ('audio', column (n_q,)) or
+        ('none', None) once it is done. Updates the rows, and feed_codes/feed_ids at the rows that feed."""
+        fed: list[tuple[str, object]] = [("none", None)] * len(rows)
+        audio, text = [], []
+        for i, row in enumerate(rows):
+            if row.finish_reason is None and step >= row.settings.max_new_tokens:
+                row.finish_reason = "length"
+            if row.finish_reason is None:
+                (audio if row.audio else text).append(i)
+        if audio:
+            every_row = len(audio) == len(rows)
+            logits = self.decoder.audio_logits(hidden if every_row else hidden[audio])
+            columns, flags = sampler.audio_columns(audio, logits, every_row)
+            if every_row:
+                feed_codes.copy_(columns)
+            else:
+                feed_codes[audio] = columns
+            for j, i in enumerate(audio):
+                row, column, (ended, stopped) = rows[i], columns[j], flags[j]
+                if row.columns:
+                    row.column += 1
+                if ended:
+                    row.eos_column = row.column
+                if stopped:
+                    row.finish_reason = "stop"
+                row.columns.append(column)
+                fed[i] = ("audio", column)
+        if text:
+            tokens = sampler.text_tokens(text, self.decoder.text_logits(hidden[text])).tolist()
+            for i, token in zip(text, tokens):
+                row = rows[i]
+                row.text_tokens.append(token)
+                if token == self.config.audio_out_bos_token_id:
+                    row.audio = True
+                elif token in self._stop_ids or self._hit_stop_string(row):
+                    row.finish_reason = "stop"
+                feed_ids[i] = token
+                fed[i] = ("text", token)
+        return fed
 
-    def _step_inputs(self, rows: list[_Row], fed: list[tuple[str, object]]):
-        cfg = self.config
-        n = len(rows)
-        ids = torch.full((n, 1), cfg.pad_token_id, dtype=torch.long)
-        codes = torch.zeros((n, cfg.audio_num_codebooks, 1), dtype=torch.long)
-        mask = torch.zeros((n, 1), dtype=torch.bool)
-        live = torch.zeros(n, dtype=torch.bool)
-        for i, (kind, value) in enumerate(fed):
-            if kind == "text":
-                ids[i, 0], live[i] = value, True
-            elif kind == "audio":
-                ids[i, 0], codes[i, :, 0], mask[i, 0], live[i] = cfg.audio_out_token_id, value, True, True
-        return ids.to(self.device), codes.to(self.device), mask.to(self.device), live.to(self.device)
+    def _feed(self, state, rows: list[_Row], fed: list[tuple[str, object]], feed_codes: torch.Tensor,
+              feed_ids: torch.Tensor) -> torch.Tensor:
+        """One decoder step feeding what the rows just sampled; a row that fed nothing (it is done) is fed
+        a dummy of the other rows' kind, so that the common all-audio step needs no routing."""
+        kinds = {kind for kind, _ in fed if kind != "none"}
+        if kinds == {"audio"}:
+            return self.decoder.step(state, audio_codes=feed_codes)
+        if kinds == {"text"}:
+            return self.decoder.step(state, input_ids=feed_ids)
+        audio_rows = torch.tensor([kind == "audio" for kind, _ in fed], device=self.device)
+        return self.decoder.step(state, feed_ids, feed_codes, audio_rows)
 
     def _hit_stop_string(self, row: _Row) -> bool:
         if not row.settings.stop_strings:
@@ -348,6 +395,12 @@ def _check_codec(config, audio_tokenizer_path: str | Path | None) -> None:
         where = audio_tokenizer_path or "the shipped audio tokenizer"
         raise ValueError(f"this model learned the codes of audio tokenizer {expected}, but {where} is {found}; "
                          "pass the matching --codec")
+
+
+def _positions(e, span: slice):
+    """The positions `span` of an expanded prompt (labels are not needed for generation)."""
+    return type(e)(e.input_ids[span], e.audio_codes[:, span], e.audio_mask[span], e.text_labels[span],
+                   e.audio_labels[:, span])
 
 
 def _per_request(settings, n: int) -> list[GenerationSettings]:

@@ -10,7 +10,8 @@ the arithmetic, is what a CPU spends its time on:
   multiply-add (the "rotated half" is a fixed permutation whose signs are folded into the sine table);
   the attention scale is folded into the q weights;
 - cross-attention keys and values are projected once per prompt, keys stored transposed for `bmm`;
-- a preallocated KV cache, `F.linear` on (out, in) weights, batched matrix products over batch x heads;
+- a preallocated KV cache, `F.linear` on (out, in) weights, batched matrix products over batch x heads
+  (`core/decoding.py`, shared with Higgs Audio's decoder);
 - optionally (`weight_dtype=torch.float16`, what the generator uses) half-precision projection weights:
   one decoding step is bound by reading the weights, and half the bytes is ~2x faster matrix-vector
   products on a CPU; the residual stream, attention and caches stay in float32.
@@ -28,6 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 from x_transformers import TransformerWrapper
 from x_transformers.x_transformers import LayerNorm as XLayerNorm
+
+from cadenza.core.decoding import attend as _attend
+from cadenza.core.decoding import project as _project
 
 
 @dataclass
@@ -180,18 +184,6 @@ class CachedDecoder:
             h = h + _project(attn, block.out)
         state.length = end
         return F.layer_norm(h.view(batch, n, -1)[:, -1], (self.dim,), weight=self.final_norm)
-
-
-def _project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear in the weights' dtype, result back in x's dtype (no conversion when they agree)."""
-    return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
-
-
-def _attend(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """softmax(q k^T + bias) v over (batch * heads) with q pre-scaled and k given transposed; plain batched
-    products beat the fused CPU attention kernel at one query (it is built for long query blocks)."""
-    scores = torch.bmm(q, k_t) if bias is None else torch.baddbmm(bias, q, k_t)
-    return torch.bmm(scores.softmax(dim=-1), v)
 
 
 def _layer_norm_weight(norm: nn.Module) -> torch.Tensor:
