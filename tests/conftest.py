@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 CHORALES = (
     "bach/bwv66.6", "bach/bwv269", "bach/bwv4.8", "bach/bwv1.6", "bach/bwv10.7", "bach/bwv101.7",
@@ -69,3 +70,13 @@ def synthetic_corpus(real_corpus, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic_corpus")
     synthesize(real_corpus, root, per_form=3, seed=0, eval_per_form=1, progress=False)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tests use tiny models, fastest on one thread; two threads crawl when the other core is busy (and
+    `pytest -n 2` already runs one worker per core)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

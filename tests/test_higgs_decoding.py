@@ -19,13 +19,6 @@ STEPS = ["audio", "text", "mixed", "audio", "mixed"]
 MIXED_AUDIO_ROWS = torch.tensor([True, False, True])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _model(**overrides) -> HiggsAudioModel:
     """Weights large enough (and norms far enough from 1) that a wrong fold or rotation shows in the logits."""

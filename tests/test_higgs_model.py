@@ -14,14 +14,6 @@ CODEBOOK_SIZE = 16
 N_Q = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; two threads crawl when the other core is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _config(**overrides) -> HiggsAudioConfig:
     return HiggsAudioConfig.tiny(audio_codebook_size=CODEBOOK_SIZE, audio_num_codebooks=N_Q, **overrides)

@@ -7,7 +7,6 @@ import re
 
 import pytest
 import soundfile as sf
-import torch
 from test_speech_engine import build_tiny_speech_model
 from typer.testing import CliRunner
 
@@ -15,13 +14,6 @@ from cadenza.cli import app
 
 runner = CliRunner()
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -42,14 +42,6 @@ def build_tiny_speech_model(out_dir: Path, seed: int = 0) -> Path:
     return training.save_model(HiggsAudioModel(config), tok, out_dir, step=0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and the other core is busy)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory) -> HiggsAudioServeEngine:

@@ -26,13 +26,6 @@ SENTENCES = ["The cat sat on the mat.", "Time flies like an arrow.", "A stitch i
 SPEAKERS = {"spk-a": ("en-us", "m3", "train"), "spk-b": ("en-gb", "f2", "train"), "spk-c": ("en-us", "f4", "val")}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
