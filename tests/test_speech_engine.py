@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from cadenza.higgs_audio import training
@@ -393,3 +394,21 @@ def test_aggregate_and_report():
     assert lines[2].split() == ["festival", "1", "0.0", "50.0", "0.900", "2.00"]
     assert lines[3].split() == ["x", "1", "100.0", "-", "0.600", "0.50"]
     assert lines[-1] == "real-time factor (batch 8): 0.123"
+
+
+def test_reference_codes_follow_the_file_and_the_cache_is_bounded(engine, tmp_path, monkeypatch):
+    import os
+
+    from cadenza.higgs_audio import engine as engine_module
+
+    path = tmp_path / "ref.wav"
+    t = np.arange(24000) / 24000
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 24000)
+    first = engine.audio_codes(AudioContent(audio_url=str(path)))
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 660 * t)).astype(np.float32), 24000)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # a rewritten file
+    assert not np.array_equal(first, engine.audio_codes(AudioContent(audio_url=str(path))))
+    monkeypatch.setattr(engine_module, "CODES_CACHE_SIZE", 2)
+    for n in range(4):
+        engine.audio_codes(AudioContent(audio_url=str(path), duration=0.2 + 0.1 * n))
+    assert len(engine._codes_cache) == 2

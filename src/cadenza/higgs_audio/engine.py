@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,7 @@ from cadenza.higgs_audio.modeling import HiggsAudioModel, KVCache
 from cadenza.higgs_audio.sampler import BatchSampler
 from cadenza.higgs_audio.text import TextTokenizer
 
+CODES_CACHE_SIZE = 64  # reference clips whose codes an engine keeps
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "pretrained" / "higgs_audio_small"
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -120,7 +123,7 @@ class HiggsAudioServeEngine:
         _check_codec(self.config, audio_tokenizer_path)
         self.collator = HiggsAudioSampleCollator(self.config, pad_left=True, round_to=1)
         self.sampling_rate = self.audio_tokenizer.sampling_rate
-        self._codes_cache: dict[tuple, np.ndarray] = {}
+        self._codes_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()  # reference clips, newest last
         stops = ("<|eot_id|>", "<|end_of_text|>")
         self._stop_ids = {self.tokenizer.token_id(t) for t in stops}
 
@@ -200,8 +203,10 @@ class HiggsAudioServeEngine:
 
     def audio_codes(self, content: AudioContent) -> np.ndarray:
         """Codes (n_q, T) of an audio content: a file path or base64 wav, cut to offset/duration if set."""
-        key = (content.audio_url, content.raw_audio, content.offset, content.duration)
-        if key not in self._codes_cache:
+        key = _audio_key(content)
+        if key in self._codes_cache:
+            self._codes_cache.move_to_end(key)
+        else:
             if content.raw_audio:
                 import soundfile as sf
 
@@ -213,6 +218,8 @@ class HiggsAudioServeEngine:
             if content.offset or content.duration:
                 wav, sr = _cut(wav, sr, content.offset or 0.0, content.duration)
             self._codes_cache[key] = self.audio_tokenizer.encode(wav, sr=sr).numpy()
+            if len(self._codes_cache) > CODES_CACHE_SIZE:
+                self._codes_cache.popitem(last=False)
         return self._codes_cache[key]
 
     # ------------------------------------------------------------------------- decoding
@@ -401,6 +408,16 @@ def _positions(e, span: slice):
     """The positions `span` of an expanded prompt (labels are not needed for generation)."""
     return type(e)(e.input_ids[span], e.audio_codes[:, span], e.audio_mask[span], e.text_labels[span],
                    e.audio_labels[:, span])
+
+
+def _audio_key(content: AudioContent) -> tuple:
+    """What identifies a reference clip's codes: its file as it is now (path + mtime) or a hash of its bytes."""
+    if content.raw_audio:
+        source = hashlib.sha1(content.raw_audio.encode()).hexdigest()
+    else:
+        path = Path(content.audio_url)
+        source = (str(path), path.stat().st_mtime_ns if path.is_file() else None)
+    return source, content.offset, content.duration
 
 
 def _per_request(settings, n: int) -> list[GenerationSettings]:

@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from cadenza.core.checkpoint import half_state_dict
 from cadenza.core.training import ResumableDataLoader, TrainConfig, configure_optimizers, fit, load_config, train_config
 from cadenza.higgs_audio.collator import HiggsAudioSampleCollator
 from cadenza.higgs_audio.configuration import HiggsAudioConfig
@@ -172,10 +173,8 @@ def save_model(model: HiggsAudioModel, tokenizer: TextTokenizer, out_dir: str | 
     out_dir = Path(out_dir)
     model.config.training_step = step
     model.config.audio_tokenizer_fingerprint = codec_fingerprint(codec)
-    target = model.half() if half else model
-    target.save_pretrained(out_dir)
-    if half:
-        model.float()
+    state = half_state_dict(model.state_dict()) if half else None  # None: the model's own weights
+    model.save_pretrained(out_dir, state_dict=state)
     tokenizer.save(out_dir / TOKENIZER_FILE)
     return out_dir
 
