@@ -191,3 +191,23 @@ def test_eval_codec_cli_measures_held_out_clips(corpus, tmp_path):
     report = json.loads(out.read_text())
     assert {c["group"] for c in report["clips"]} == {"seen_speaker", "unseen_speaker"}
     assert all(0.0 <= c["similarity"] <= 1.0 for c in report["clips"])
+
+
+def test_length_grouped_epochs_cut_padding_and_keep_every_item(corpus, tokenizer):
+    from cadenza.higgs_audio.dataset import expanded_length
+
+    data = SpeechLMDataset(corpus, tokenizer, "train", seed=3, group_by_length=2)
+    data.set_epoch(1)
+    assert sorted(data.order) == list(range(len(data)))
+    items = [data[i] for i in range(len(data))]
+    assert [expanded_length(s) for s in items] == [expanded_length(data.item(i)) for i in data.order]
+    assert expanded_length(items[0]) == len(expand_sample(items[0], HiggsAudioConfig.tiny(**token_ids(tokenizer))))
+    padded = sum(max(expanded_length(s) for s in items[k : k + 2]) * 2 for k in range(0, len(items), 2))
+    plain = SpeechLMDataset(corpus, tokenizer, "train", seed=3)
+    plain.set_epoch(1)
+    unsorted = [plain[i] for i in range(len(plain))]
+    padded_plain = sum(max(expanded_length(s) for s in unsorted[k : k + 2]) * 2 for k in range(0, len(unsorted), 2))
+    assert padded <= padded_plain
+    first_order = list(data.order)
+    data.set_epoch(2)
+    assert data.order != first_order

@@ -133,19 +133,23 @@ class SpeechDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         corpus, codec, seed = self.data["corpus"], self.data["codec"], self.train_cfg.seed
-        self.train_set = SpeechLMDataset(corpus, self.tokenizer, "train", codec, self.mix, seed)
+        # The training set shuffles itself into length-grouped runs, one run per batch across all processes
+        # (a distributed sampler deals consecutive items to the processes in turn).
+        world = self.trainer.world_size if self.trainer is not None else 1
+        self.train_set = SpeechLMDataset(corpus, self.tokenizer, "train", codec, self.mix, seed,
+                                         group_by_length=self.train_cfg.batch_size * world)
         self.val_set = SpeechLMDataset(corpus, self.tokenizer, "val", codec, self.mix, seed)
 
-    def _loader(self, dataset: SpeechLMDataset, train: bool) -> ResumableDataLoader:
-        return ResumableDataLoader(dataset, batch_size=self.train_cfg.batch_size, shuffle=train,
+    def _loader(self, dataset: SpeechLMDataset) -> ResumableDataLoader:
+        return ResumableDataLoader(dataset, batch_size=self.train_cfg.batch_size, shuffle=False,
                                    collate_fn=self.collator, num_workers=self.train_cfg.num_workers,
                                    seed=self.train_cfg.seed)
 
     def train_dataloader(self) -> ResumableDataLoader:
-        return self._loader(self.train_set, train=True)
+        return self._loader(self.train_set)
 
     def val_dataloader(self) -> ResumableDataLoader:
-        return self._loader(self.val_set, train=False)
+        return self._loader(self.val_set)
 
 
 def train(config_path: str | Path | None = None, overrides: list[str] = (), resume: bool = False) -> Path:
