@@ -218,7 +218,7 @@ class HiggsAudioServeEngine:
             if content.offset or content.duration:
                 wav, sr = _cut(wav, sr, content.offset or 0.0, content.duration)
             self._codes_cache[key] = self.audio_tokenizer.encode(wav, sr=sr).numpy()
-            if len(self._codes_cache) > CODES_CACHE_SIZE:
+            while len(self._codes_cache) > CODES_CACHE_SIZE:
                 self._codes_cache.popitem(last=False)
         return self._codes_cache[key]
 
