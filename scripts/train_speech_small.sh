@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Build the speech corpus and its code cache (if missing) and train the small speech LM in the background,
 # resuming from its last checkpoint. Runs and data live outside the work tree (RUNS, DATA) so that a new
-# checkout keeps them; the log goes to RUNS/speech_small.log. Usage: [DEVICES=2] bash scripts/train_speech_small.sh
-# (DEVICES=2: two DDP processes of one thread each, twice the conversations per step, when both cores are free.)
+# checkout keeps them; the log goes to RUNS/speech_small.log.
+# Usage: [DEVICES=2] [INIT_FROM=MODEL_DIR] bash scripts/train_speech_small.sh
+# (DEVICES=2: two DDP processes of one thread each, twice the conversations per step, when both cores are free;
+# INIT_FROM: start from an exported model's weights and tokenizer instead of random weights.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -16,6 +18,6 @@ cadenza speech encode-corpus data/speech > "$RUNS/encode_corpus.log" 2>&1  # inc
 DEVICES=${DEVICES:-1}
 strategy=$([ "$DEVICES" -gt 1 ] && echo ddp || echo auto)
 nohup cadenza speech train --config configs/speech_small.yaml --resume train.run_dir="$RUNS/speech_small" \
-    train.devices="$DEVICES" train.strategy="$strategy" \
+    train.devices="$DEVICES" train.strategy="$strategy" ${INIT_FROM:+model.init_from="$INIT_FROM"} \
     >> "$RUNS/speech_small.log" 2>&1 &
 echo "training in the background; progress: $RUNS/speech_small/logs/version_*/metrics.csv"

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
 
-from cadenza.higgs_audio.delay import (
-    DelayReverter,
-    apply_delay_constraints,
-    build_delay_pattern,
-    delay_constraints,
-    revert_delay_pattern,
-)
+from cadenza.higgs_audio.delay import NO_EOS, DelayReverter, build_delay_pattern, delay_constraints, revert_delay_pattern
+from cadenza.higgs_audio.sampler import BatchSampler
 
 CODEBOOK_SIZE = 16
 BOS, EOS = CODEBOOK_SIZE, CODEBOOK_SIZE + 1
@@ -71,38 +69,27 @@ def test_eager_revert_releases_each_frame_a_column_sooner(n_q: int, T: int) -> N
 @pytest.mark.parametrize("n_q,T", SHAPES)
 def test_constraints_match_built_pattern(n_q: int, T: int) -> None:
     delayed = build_delay_pattern(_codes(n_q, T), BOS, EOS)
-    for step in range(1, delayed.shape[1]):
-        force_bos, force_eos = delay_constraints(step, T + 1 if step >= T + 1 else None, n_q, BOS, EOS)
-        assert torch.equal(force_bos, delayed[:, step] == BOS)
-        assert torch.equal(force_eos, delayed[:, step] == EOS)
+    steps = np.arange(1, delayed.shape[1])
+    force_bos, force_eos = delay_constraints(steps, np.where(steps >= T + 1, T + 1, NO_EOS), n_q)
+    assert np.array_equal(force_bos, (delayed[:, 1:] == BOS).T.numpy())
+    assert np.array_equal(force_eos, (delayed[:, 1:] == EOS).T.numpy())
 
 
 @pytest.mark.parametrize("n_q", [1, 2, 8])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sampling_under_constraints_reverts_to_valid_codes(n_q: int, seed: int) -> None:
+    """The engine's sampler, fed random logits, writes a delay pattern that reverts to real codes."""
     gen = torch.Generator().manual_seed(seed)
-    columns = [torch.full((n_q,), BOS)]  # column 0: the engine writes the all-BOS frame itself
-    eos_column, step = None, 1
-    while eos_column is None or step <= eos_column + n_q - 1:
-        logits = torch.randn(n_q, CODEBOOK_SIZE + 2, generator=gen) * 3
-        logits[0, EOS] += step / 4  # make codebook 0 end the audio sooner or later
-        probs = apply_delay_constraints(logits, step, eos_column, BOS, EOS).softmax(-1)
-        column = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-        if eos_column is None and column[0] == EOS:
-            eos_column = step
-        columns.append(column)
+    settings = SimpleNamespace(temperature=1.0, top_k=None, top_p=None, ras_win_len=0, ras_win_max_num_repeat=1)
+    sampler = BatchSampler([settings], [torch.Generator().manual_seed(seed)], n_q, BOS, EOS)
+    columns, stopped, step = [], False, 0
+    while not stopped:
+        logits = torch.randn(1, n_q, CODEBOOK_SIZE + 2, generator=gen) * 3
+        logits[0, 0, EOS] += step / 4  # make codebook 0 end the audio sooner or later
+        column, [(_, stopped)] = sampler.audio_columns([0], logits, every_row=True)
+        columns.append(column[0])
         step += 1
     delayed = torch.stack(columns, dim=1)
     codes = revert_delay_pattern(delayed)
-    assert codes.shape == (n_q, eos_column - 1)
-    assert bool(((codes >= 0) & (codes < CODEBOOK_SIZE)).all())
+    assert codes.shape[1] >= 1 and bool(((codes >= 0) & (codes < CODEBOOK_SIZE)).all())
     assert torch.equal(build_delay_pattern(codes, BOS, EOS), delayed)
-
-
-def test_apply_constraints_on_batched_logits() -> None:
-    logits = torch.zeros(2, 3, CODEBOOK_SIZE + 2)
-    masked = apply_delay_constraints(logits, step=1, eos_column=None, bos_id=BOS, eos_id=EOS)
-    assert masked.shape == logits.shape and torch.equal(masked[0], masked[1])
-    assert masked[0, 0].isfinite().sum() == CODEBOOK_SIZE + 1  # codes or EOS
-    assert masked[0, 1:].argmax(-1).tolist() == [BOS, BOS]
-    assert logits.eq(0).all()  # the input is left untouched

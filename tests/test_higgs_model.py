@@ -236,3 +236,51 @@ def test_bfloat16_autocast_and_gradient_checkpointing() -> None:
         cached = copy.deepcopy(model).eval()(**batch, past_key_values=cache)
     assert out.loss.isfinite() and cached.hidden_states.isfinite().all()
     torch.testing.assert_close(out.loss.float(), reference.loss, atol=0.05, rtol=0)
+
+
+def test_guided_attention_loss_is_low_on_the_diagonal_and_high_off_it() -> None:
+    from cadenza.higgs_audio.modeling import guided_attention_loss
+
+    L, T = 12, 4  # transcript at positions 1..4, trained audio at 6..11
+    alignment = torch.full((1, 2, L), -1.0)
+    alignment[0, 0, 1:5] = (torch.arange(T) + 0.5) / T
+    alignment[0, 1, 6:] = (torch.arange(6) + 0.5) / 6
+    scale = 20.0  # sharp attention: queries and keys are one-hot "place" vectors
+    keys = torch.zeros(1, 1, L, T + 1)
+    keys[0, 0, 1:5, :T] = torch.eye(T) * scale
+    keys[0, 0, torch.arange(L) >= 5, T] = scale  # everything else (and the audio) looks alike
+    diagonal = torch.zeros(1, 1, L, T + 1)
+    diagonal[0, 0, 6:, :T] = torch.eye(T)[(alignment[0, 1, 6:] * T).long()]
+    elsewhere = torch.zeros(1, 1, L, T + 1)
+    elsewhere[0, 0, :, T] = 1.0  # audio reads only audio
+    low = guided_attention_loss(diagonal, keys, None, alignment, sigma=0.2)
+    high = guided_attention_loss(elsewhere, keys, None, alignment, sigma=0.2)
+    assert 0 <= low < 0.2 and high > 0.95
+
+
+def test_guided_layers_and_codebook_weights_shape_the_loss() -> None:
+    batch = _batch()
+    labels = _labels(batch)
+    L = batch["input_ids"].shape[1]
+    alignment = torch.full((2, 2, L), -1.0)
+    alignment[:, 0, : L // 3] = (torch.arange(L // 3) + 0.5) / (L // 3)
+    audio = batch["audio_mask"][0].nonzero().squeeze(1)
+    alignment[:, 1, audio] = (torch.arange(len(audio)) + 0.5) / len(audio)
+    model = _model(guided_attention_layers=[1], guided_attention_weight=0.5)
+    out = model(**batch, **labels, alignment_labels=alignment)
+    assert 0 < out.alignment_loss <= 1
+    torch.testing.assert_close(out.loss, out.text_loss + out.audio_loss + 0.5 * out.alignment_loss)
+    out.loss.backward()
+    assert model.layers[1].self_attn.q_proj.weight.grad is not None
+    assert _model().forward(**batch, **labels, alignment_labels=alignment).alignment_loss is None  # no guided layer
+    # weights [1, 0, ...]: the audio loss is the first codebook's mean cross-entropy alone
+    first_only = _model(audio_codebook_loss_weights=[1.0] + [0.0] * (N_Q - 1))
+    hidden = first_only(**batch).hidden_states
+    targets = labels["audio_labels"][:, 0]
+    logits = first_only.audio_logits(hidden)[..., 0, :][targets != -100]
+    expected = torch.nn.functional.cross_entropy(logits, targets[targets != -100])
+    torch.testing.assert_close(first_only(**batch, **labels).audio_loss, expected)
+    with pytest.raises(ValueError, match="audio_codebook_loss_weights"):
+        _config(audio_codebook_loss_weights=[1.0])
+    with pytest.raises(ValueError, match="guided_attention_layers"):
+        _config(guided_attention_layers=[5])

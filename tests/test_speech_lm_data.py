@@ -102,6 +102,30 @@ def test_expand_sample_shifts_labels_onto_the_delayed_frames(config, tokenizer):
     assert (e.text_labels[start - 1 : end - 1] == IGNORE).all()
 
 
+def test_alignment_labels_place_the_transcript_and_its_audio(config, tokenizer):
+    codes = np.zeros((8, 6), int)
+    sample = ChatMLSample([Message("user", "Hi."), Message("assistant", AudioContent(audio_url="ref")),
+                           Message("user", "Go home."), Message("assistant", AudioContent(audio_url="target"))], start_index=3)
+    item = tokenize_sample(sample, tokenizer, [np.zeros((8, 2), int), codes])
+    start, end = item.transcript_span
+    assert tokenizer.decode(item.input_ids[start:end]) == tokenizer.decode(tokenizer.encode("Go home.", spoken=True))
+    e = expand_sample(item, config)
+    text_place, audio_place = e.alignment_labels
+    target = np.flatnonzero(e.audio_mask)[-(6 + 8 + 1):]  # the last placeholder's delayed frames
+    assert np.array_equal(np.flatnonzero(audio_place >= 0), target)
+    assert (text_place >= 0).sum() == end - start and np.flatnonzero(text_place >= 0).max() < target.min()
+    for place in (text_place[text_place >= 0], audio_place[audio_place >= 0]):
+        assert 0 < place.min() < place.max() < 1 and (np.diff(place) > 0).all()
+    # the relative places survive a cut from the left (the collator keeps a long sample's end)
+    kept = e.positions(slice(3, None))
+    assert np.array_equal(kept.alignment_labels, e.alignment_labels[:, 3:])
+    batch = HiggsAudioSampleCollator(config)([item])
+    assert torch.equal(batch["alignment_labels"][0, :, : len(e)], torch.from_numpy(e.alignment_labels))
+    # nothing to align when no audio is trained
+    prompt = tokenize_sample(ChatMLSample([Message("user", "Go home.")]), tokenizer, [])
+    assert prompt.transcript_span is None and (expand_sample(prompt, config).alignment_labels == -1).all()
+
+
 def test_collator_pads_right_for_training_and_left_for_prompts(config, tokenizer):
     short = tokenize_sample(ChatMLSample([Message("user", "Hi."), Message("assistant", AudioContent(audio_url="a"))]),
                             tokenizer, [np.zeros((8, 2), int)])
@@ -166,6 +190,17 @@ def test_tiny_training_resumes_and_exports_a_loadable_model(corpus, tmp_path):
     config_file.write_text(config_file.read_text().replace(engine.config.audio_tokenizer_fingerprint, "0123456789ab"))
     with pytest.raises(ValueError, match="0123456789ab"):
         HiggsAudioServeEngine(export)
+
+
+def test_finetuning_keeps_the_models_tokenizer(tmp_path, corpus, tokenizer):
+    from cadenza.higgs_audio.training import load_or_build_tokenizer
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    TextTokenizer([*tokenizer.vocab, "\u0361"]).save(model_dir / "tokenizer.json")
+    run_tokenizer = load_or_build_tokenizer(tmp_path / "run", corpus, init_from=model_dir)
+    assert run_tokenizer.vocab == (*tokenizer.vocab, "\u0361")
+    assert load_or_build_tokenizer(tmp_path / "run", corpus).vocab == run_tokenizer.vocab  # kept in the run
 
 
 def test_finetune_freezes_everything_but_the_audio_adapter(config):

@@ -210,3 +210,19 @@ def prepare_chatml_sample(
         append(tokenizer.encode(_header("assistant")), trained=False)
     speaker = sample.speaker if sample.speaker is not None else (sample.misc or {}).get("speaker")
     return input_ids, labels, audio_contents, speaker
+
+
+def transcript_span(input_ids: list[int], label_ids: list[int], tokenizer: TextTokenizer) -> tuple[int, int] | None:
+    """Token span [start, end) of the text spoken by the last trained `<|AUDIO_OUT|>`: the text of the user
+    message before it (None when no audio is trained or no user text precedes it)."""
+    out_id, eot = tokenizer.token_id("<|AUDIO_OUT|>"), tokenizer.token_id("<|eot_id|>")
+    trained = [i for i, (t, label) in enumerate(zip(input_ids, label_ids)) if t == out_id and label != IGNORE_INDEX]
+    if not trained:
+        return None
+    header = tokenizer.encode(_header("user"))
+    starts = [i + len(header) for i in range(trained[-1] - len(header), -1, -1) if input_ids[i:i + len(header)] == header]
+    if not starts:
+        return None
+    start = starts[0]
+    end = input_ids.index(eot, start)
+    return (start, end) if end > start else None

@@ -5,6 +5,8 @@ delay pattern of its codes, `T + n_q + 1` positions (`delay.build_delay_pattern`
 Labels come out already shifted (`labels[t]` is the target of position t's output, as `HiggsAudioModel`
 expects): the text head learns the next text token, the audio head the next delayed frame of a labelled
 `<|AUDIO_OUT|>`, stream-BOS fill excluded, the EOS staircase included (so the model learns to stop).
+Alignment labels mark where the trained audio and the transcript it speaks lie, each position as its
+relative place (0..1) in its span, for the model's guided-attention loss.
 """
 
 from __future__ import annotations
@@ -30,9 +32,17 @@ class ExpandedSample:
     audio_mask: np.ndarray  # (L,) bool
     text_labels: np.ndarray  # (L,)
     audio_labels: np.ndarray  # (n_q, L)
+    # (2, L): row 0 the relative place (0..1) of a transcript token in the transcript, row 1 that of a
+    # trained audio position in its audio; -1 elsewhere.
+    alignment_labels: np.ndarray
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    def positions(self, span: slice) -> ExpandedSample:
+        """The positions `span` of this sample."""
+        return ExpandedSample(self.input_ids[span], self.audio_codes[:, span], self.audio_mask[span],
+                              self.text_labels[span], self.audio_labels[:, span], self.alignment_labels[:, span])
 
 
 def expand_sample(sample: ChatMLDatasetSample, config: HiggsAudioConfig) -> ExpandedSample:
@@ -40,8 +50,10 @@ def expand_sample(sample: ChatMLDatasetSample, config: HiggsAudioConfig) -> Expa
     n_q, bos, eos = config.audio_num_codebooks, config.audio_stream_bos_id, config.audio_stream_eos_id
     placeholders = (config.audio_in_token_id, config.audio_out_token_id)
     ids, codes, mask, token_targets, frame_targets = [], [], [], [], []
+    expanded_at, target = [], None  # expanded position of each token; span of the trained audio
     audio_iter = iter(sample.audio_codes)
     for token, label in zip(sample.input_ids, sample.label_ids):
+        expanded_at.append(len(ids))
         if token not in placeholders:
             ids.append(token)
             codes.append(np.zeros((n_q, 1), np.int64))
@@ -60,6 +72,8 @@ def expand_sample(sample: ChatMLDatasetSample, config: HiggsAudioConfig) -> Expa
         mask.append(np.ones(width, bool))
         token_targets += [IGNORE] * width
         learn = token == config.audio_out_token_id and label != IGNORE
+        if learn:
+            target = (len(ids) - width, len(ids))
         frame_targets.append(np.where(delayed == bos, IGNORE, delayed) if learn else np.full_like(delayed, IGNORE))
     if next(audio_iter, None) is not None:
         raise ValueError("sample has more code arrays than audio placeholders")
@@ -68,8 +82,13 @@ def expand_sample(sample: ChatMLDatasetSample, config: HiggsAudioConfig) -> Expa
     text_labels = np.full_like(token_targets, IGNORE)
     audio_labels = np.full_like(frame_targets, IGNORE)
     text_labels[:-1], audio_labels[:, :-1] = token_targets[1:], frame_targets[:, 1:]
+    alignment_labels = np.full((2, len(ids)), -1.0, np.float32)
+    if sample.transcript_span is not None and target is not None:
+        transcript = tuple(expanded_at[i] for i in sample.transcript_span)
+        for row, (start, end) in enumerate((transcript, target)):
+            alignment_labels[row, start:end] = (np.arange(end - start) + 0.5) / (end - start)
     return ExpandedSample(np.asarray(ids, np.int64), np.concatenate(codes, axis=1), np.concatenate(mask),
-                          text_labels, audio_labels)
+                          text_labels, audio_labels, alignment_labels)
 
 
 class HiggsAudioSampleCollator:
@@ -85,7 +104,7 @@ class HiggsAudioSampleCollator:
     def pad(self, expanded: list[ExpandedSample]) -> dict[str, torch.Tensor]:
         """Pad expanded samples to one length (a multiple of `round_to`)."""
         if self.max_len is not None:
-            expanded = [_keep_end(e, self.max_len) for e in expanded]
+            expanded = [e.positions(slice(max(len(e) - self.max_len, 0), None)) for e in expanded]
         longest = max(len(e) for e in expanded)
         length = -(-longest // self.round_to) * self.round_to
         n_q, batch = self.config.audio_num_codebooks, len(expanded)
@@ -96,6 +115,7 @@ class HiggsAudioSampleCollator:
             "attention_mask": torch.zeros((batch, length), dtype=torch.long),
             "text_labels": torch.full((batch, length), IGNORE, dtype=torch.long),
             "audio_labels": torch.full((batch, n_q, length), IGNORE, dtype=torch.long),
+            "alignment_labels": torch.full((batch, 2, length), -1.0),
         }
         for row, e in enumerate(expanded):
             span = slice(length - len(e), length) if self.pad_left else slice(0, len(e))
@@ -105,11 +125,6 @@ class HiggsAudioSampleCollator:
             out["attention_mask"][row, span] = 1
             out["text_labels"][row, span] = torch.from_numpy(e.text_labels)
             out["audio_labels"][row, :, span] = torch.from_numpy(e.audio_labels)
+            out["alignment_labels"][row, :, span] = torch.from_numpy(e.alignment_labels)
         return out
 
-
-def _keep_end(e: ExpandedSample, max_len: int) -> ExpandedSample:
-    if len(e) <= max_len:
-        return e
-    cut = slice(len(e) - max_len, None)
-    return ExpandedSample(e.input_ids[cut], e.audio_codes[:, cut], e.audio_mask[cut], e.text_labels[cut], e.audio_labels[:, cut])

@@ -42,6 +42,15 @@ class HiggsAudioConfig(PretrainedConfig):
     audio_out_bos_token_id: int = 9  # <|audio_out_bos|>
     eot_token_id: int = 6  # <|eot_id|>
     tie_word_embeddings: bool = False
+    # Training only. Per-codebook weights of the audio loss (None: equal). Guided attention (Tachibana et al.
+    # 2017): on these layers the first `guided_attention_heads` heads are pulled, for every trained audio
+    # position, towards the transcript token at the same relative place (a Gaussian of width
+    # `guided_attention_sigma`), so that text-to-audio alignment is learned early; None: no guide.
+    audio_codebook_loss_weights: list[float] | None = None
+    guided_attention_layers: list[int] | None = None
+    guided_attention_heads: int = 1
+    guided_attention_sigma: float = 0.2
+    guided_attention_weight: float = 1.0
 
     def __post_init__(self, **kwargs) -> None:
         if self.audio_intermediate_size is None:
@@ -55,9 +64,14 @@ class HiggsAudioConfig(PretrainedConfig):
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
                              f"num_key_value_heads {self.num_key_value_heads}")
-        bad = [i for i in self.audio_dual_ffn_layers if not 0 <= i < self.num_hidden_layers]
-        if bad:
-            raise ValueError(f"audio_dual_ffn_layers {bad} are outside 0..{self.num_hidden_layers - 1}")
+        for name in ("audio_dual_ffn_layers", "guided_attention_layers"):
+            bad = [i for i in getattr(self, name) or [] if not 0 <= i < self.num_hidden_layers]
+            if bad:
+                raise ValueError(f"{name} {bad} are outside 0..{self.num_hidden_layers - 1}")
+        weights = self.audio_codebook_loss_weights
+        if weights is not None and (len(weights) != self.audio_num_codebooks or min(weights) < 0 or not sum(weights)):
+            raise ValueError(f"audio_codebook_loss_weights {weights}: expected {self.audio_num_codebooks} "
+                             "non-negative weights, not all zero")
 
     @property
     def head_dim(self) -> int:

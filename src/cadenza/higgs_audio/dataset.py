@@ -28,7 +28,8 @@ import numpy as np
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from cadenza.higgs_audio.chatml import AudioContent, ChatMLSample, Message, TextContent, prepare_chatml_sample
+from cadenza.higgs_audio.chatml import (AudioContent, ChatMLSample, Message, TextContent, prepare_chatml_sample,
+                                       transcript_span)
 from cadenza.higgs_audio.text import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class ChatMLDatasetSample:
     input_ids: list[int]
     label_ids: list[int]
     audio_codes: list[np.ndarray] = field(default_factory=list)  # (n_q, T) per placeholder, in order
+    transcript_span: tuple[int, int] | None = None  # tokens spoken by the trained audio (chatml.transcript_span)
 
 
 def tokenize_sample(sample: ChatMLSample, tokenizer: TextTokenizer, codes: list[np.ndarray]) -> ChatMLDatasetSample:
@@ -118,7 +120,7 @@ def tokenize_sample(sample: ChatMLSample, tokenizer: TextTokenizer, codes: list[
     input_ids, label_ids, audio_contents, _ = prepare_chatml_sample(sample, tokenizer)
     if len(audio_contents) != len(codes):
         raise ValueError(f"sample has {len(audio_contents)} audio contents but {len(codes)} code arrays")
-    return ChatMLDatasetSample(input_ids, label_ids, list(codes))
+    return ChatMLDatasetSample(input_ids, label_ids, list(codes), transcript_span(input_ids, label_ids, tokenizer))
 
 
 @dataclass

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 
+import numpy as np
 import torch
 
 
@@ -88,34 +89,18 @@ class DelayReverter:
         return like.new_empty((self.n_q, 0))
 
 
-def delay_constraints(step: int, eos_column: int | None, n_q: int, bos_id: int,
-                      eos_id: int) -> tuple[torch.BoolTensor, torch.BoolTensor]:
-    """Which codebooks must be BOS and which must be EOS at delayed column `step` (>= 1 in generation).
+NO_EOS = 1 << 40  # eos column of a stream whose codebook 0 has not ended
 
-    Codebook k is BOS at columns <= k. Once codebook 0 has sampled EOS at column `eos_column` (= T + 1),
-    codebook k is EOS from column eos_column + k on: the staircase, which ends the stream after column
-    eos_column + n_q - 1. Everywhere else a codebook must sample a real code, except that codebook 0 may
-    sample EOS to end the audio (apply_delay_constraints does all of this on logits). bos_id and eos_id
-    are not needed for the masks; they are taken so callers pass the same arguments to both functions.
+
+def delay_constraints(columns: np.ndarray, eos_columns: np.ndarray, n_q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which codebooks must be BOS and which must be EOS at delayed column `columns[b]` of each stream b:
+    two (streams, n_q) boolean masks.
+
+    Codebook k is BOS at columns <= k (the left fill). Once codebook 0 has sampled EOS at column
+    `eos_columns[b]` (= T + 1; NO_EOS before), codebook k is EOS from column eos_column + k on: the
+    staircase, which ends the stream after column eos_column + n_q - 1. Everywhere else a codebook samples
+    a real code, except that codebook 0 may sample EOS, from column 2 on, to end the audio.
     """
-    k = torch.arange(n_q)
-    force_bos = k >= step
-    force_eos = (k <= step - eos_column) if eos_column is not None else torch.zeros(n_q, dtype=torch.bool)
-    return force_bos, force_eos
-
-
-def apply_delay_constraints(logits: torch.Tensor, step: int, eos_column: int | None, bos_id: int,
-                            eos_id: int) -> torch.Tensor:
-    """Mask logits [..., n_q, V] so that sampling at delayed column `step` follows the delay pattern."""
-    force_bos, force_eos = delay_constraints(step, eos_column, logits.shape[-2], bos_id, eos_id)
-    forced = (force_bos | force_eos).to(logits.device)
-    logits = logits.clone()
-    # Free codebooks sample real codes: never BOS, and EOS only in codebook 0, which decides when the audio ends.
-    logits[..., bos_id] = logits[..., bos_id].masked_fill(~forced, float("-inf"))
-    logits[..., 1:, eos_id] = logits[..., 1:, eos_id].masked_fill(~forced[1:], float("-inf"))
-    # Forced codebooks put all their probability on the forced token.
-    rows = forced.nonzero().squeeze(1)
-    targets = torch.where(force_bos, bos_id, eos_id).to(logits.device)[forced]
-    logits[..., rows, :] = float("-inf")
-    logits[..., rows, targets] = 0.0
-    return logits
+    k = np.arange(n_q)
+    columns, eos_columns = np.asarray(columns)[:, None], np.asarray(eos_columns)[:, None]
+    return k >= columns, k + eos_columns <= columns

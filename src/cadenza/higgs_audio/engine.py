@@ -274,14 +274,14 @@ class HiggsAudioServeEngine:
         if shared < self.min_shared_prefix:
             shared, rest = 0, expanded
         else:
-            rest = [_positions(e, slice(shared, None)) for e in expanded]
+            rest = [e.positions(slice(shared, None)) for e in expanded]
         batch = self.collator.pad(rest)
         suffix_mask = batch.pop("attention_mask").to(self.device)
         inputs = {k: v.to(self.device) for k, v in batch.items() if "labels" not in k}
         cache = KVCache(cfg, len(expanded), shared + suffix_mask.shape[1] + longest + 1, dtype=torch.float32,
                         device=self.device)
         if shared:
-            prefix = self.collator.pad([_positions(expanded[0], slice(0, shared))])
+            prefix = self.collator.pad([expanded[0].positions(slice(0, shared))])
             prefix_cache = KVCache(cfg, 1, shared, dtype=torch.float32, device=self.device)
             self.model(**{k: v.to(self.device) for k, v in prefix.items() if k in inputs},
                        past_key_values=prefix_cache)
@@ -402,12 +402,6 @@ def _check_codec(config, audio_tokenizer_path: str | Path | None) -> None:
         where = audio_tokenizer_path or "the shipped audio tokenizer"
         raise ValueError(f"this model learned the codes of audio tokenizer {expected}, but {where} is {found}; "
                          "pass the matching --codec")
-
-
-def _positions(e, span: slice):
-    """The positions `span` of an expanded prompt (labels are not needed for generation)."""
-    return type(e)(e.input_ids[span], e.audio_codes[:, span], e.audio_mask[span], e.text_labels[span],
-                   e.audio_labels[:, span])
 
 
 def _audio_key(content: AudioContent) -> tuple:

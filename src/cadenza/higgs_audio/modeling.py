@@ -78,10 +78,13 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
+        self.guided_heads = config.guided_attention_heads if layer_idx in (config.guided_attention_layers or []) else 0
+        self.guide_sigma = config.guided_attention_sigma
 
     def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
-                cache: KVCache | None) -> torch.Tensor:
-        """Attend from x [B, L, D] to the cache and x; `mask` None means plain causal attention."""
+                cache: KVCache | None, alignment: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attend from x [B, L, D] to the cache and x; `mask` None means plain causal attention. Returns the
+        output and, on a guided layer given alignment labels [B, 2, L], its guided-attention loss."""
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -92,7 +95,31 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer_idx, k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                            enable_gqa=self.n_heads != self.n_kv_heads)
-        return self.o_proj(y.transpose(1, 2).reshape(B, L, -1))
+        guide_loss = None
+        if self.guided_heads and alignment is not None and cache is None:
+            kv_head = torch.arange(self.guided_heads, device=x.device) // (self.n_heads // self.n_kv_heads)
+            guide_loss = guided_attention_loss(q[:, :self.guided_heads], k[:, kv_head], mask, alignment, self.guide_sigma)
+        return self.o_proj(y.transpose(1, 2).reshape(B, L, -1)), guide_loss
+
+
+def guided_attention_loss(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, alignment: torch.Tensor,
+                          sigma: float) -> torch.Tensor:
+    """Mean over trained audio queries of 1 - (attention mass on transcript tokens near the same relative
+    place, weighted by a Gaussian of width sigma): 0 when a head reads the transcript along the diagonal.
+
+    q, k [B, H, L, head_dim] of the guided heads (no cache); mask as in Attention; alignment [B, 2, L] from
+    the collator (row 0 transcript places, row 1 audio places, -1 elsewhere).
+    """
+    L = q.shape[2]
+    scores = (q.float() @ k.float().transpose(-1, -2)) / q.shape[-1] ** 0.5  # [B, H, L, L]
+    allowed = mask if mask is not None else torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+    probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+    text_place, audio_place = alignment[:, 0], alignment[:, 1]
+    prior = torch.exp(-(audio_place[:, :, None] - text_place[:, None, :]) ** 2 / (2 * sigma**2))
+    prior = prior * (text_place >= 0)[:, None, :]  # [B, L queries, L keys]
+    covered = (probs * prior[:, None]).sum(-1)  # [B, H, L]
+    queries = (audio_place >= 0)[:, None].expand_as(covered)
+    return (1 - covered[queries]).mean() if bool(queries.any()) else covered.sum() * 0
 
 
 class MLP(nn.Module):
@@ -146,12 +173,15 @@ class DecoderLayer(GradientCheckpointingLayer):
             self.audio_mlp = MLP(config.hidden_size, config.audio_intermediate_size)
 
     def forward(self, x: torch.Tensor, *, routes: Routes, cos_sin: tuple[torch.Tensor, torch.Tensor],
-                mask: torch.Tensor | None, past_key_values: KVCache | None = None) -> torch.Tensor:
-        """Transform x [B, L, D]; `past_key_values` is named so gradient checkpointing knows to drop it."""
+                mask: torch.Tensor | None, past_key_values: KVCache | None = None,
+                alignment: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Transform x [B, L, D]; also return the guided-attention loss (see Attention.forward).
+        `past_key_values` is named so gradient checkpointing knows to drop it."""
         dual = routes is not None and self.has_audio_ffn
         h = _route(x, routes, self.input_layernorm, self.audio_input_layernorm) if dual else self.input_layernorm(x)
-        x = x + self.self_attn(h, cos_sin, mask, past_key_values)
-        return x + (_route(x, routes, self._text_ffn, self._audio_ffn) if dual else self._text_ffn(x))
+        attended, guide_loss = self.self_attn(h, cos_sin, mask, past_key_values, alignment)
+        x = x + attended
+        return x + (_route(x, routes, self._text_ffn, self._audio_ffn) if dual else self._text_ffn(x)), guide_loss
 
     def _text_ffn(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.post_attention_layernorm(x))
@@ -173,6 +203,7 @@ class HiggsAudioOutput(ModelOutput):
     loss: torch.Tensor | None = None
     text_loss: torch.Tensor | None = None
     audio_loss: torch.Tensor | None = None
+    alignment_loss: torch.Tensor | None = None  # mean guided-attention loss of the guided layers
     hidden_states: torch.Tensor | None = None  # [B, L, hidden], after the final norm
     past_key_values: KVCache | None = None
 
@@ -238,6 +269,7 @@ class HiggsAudioModel(PreTrainedModel):
         past_key_values: KVCache | None = None,
         text_labels: torch.LongTensor | None = None,
         audio_labels: torch.LongTensor | None = None,
+        alignment_labels: torch.Tensor | None = None,
     ) -> HiggsAudioOutput:
         """Run the decoder on input_ids [B, L] (audio frames audio_codes [B, n_q, L] where audio_mask [B, L]).
 
@@ -264,17 +296,24 @@ class HiggsAudioModel(PreTrainedModel):
         mask = self._attention_mask(attention_mask, past, L, input_ids.device)
         routes = self._routes(audio_mask) if has_audio else None
 
+        guide_losses = []
         for layer in self.layers:
-            x = layer(x, routes=routes, cos_sin=cos_sin, mask=mask, past_key_values=past_key_values)
+            x, guide_loss = layer(x, routes=routes, cos_sin=cos_sin, mask=mask, past_key_values=past_key_values,
+                                  alignment=alignment_labels)
+            if guide_loss is not None:
+                guide_losses.append(guide_loss)
         if past_key_values is not None:
             past_key_values.length += L
         hidden = self.norm(x)
 
         text_loss = self._text_loss(hidden, text_labels) if text_labels is not None else None
         audio_loss = self._audio_loss(hidden, audio_labels) if audio_labels is not None else None
+        alignment_loss = torch.stack(guide_losses).mean() if guide_losses else None
         losses = [loss for loss in (text_loss, audio_loss) if loss is not None]
+        if alignment_loss is not None:
+            losses.append(self.config.guided_attention_weight * alignment_loss)
         return HiggsAudioOutput(loss=sum(losses) if losses else None, text_loss=text_loss, audio_loss=audio_loss,
-                                hidden_states=hidden, past_key_values=past_key_values)
+                                alignment_loss=alignment_loss, hidden_states=hidden, past_key_values=past_key_values)
 
     def _embed(self, input_ids: torch.LongTensor, audio_codes: torch.LongTensor,
                audio_mask: torch.BoolTensor) -> torch.Tensor:
@@ -315,10 +354,13 @@ class HiggsAudioModel(PreTrainedModel):
         return loss / labelled.sum().clamp(min=1)
 
     def _audio_loss(self, hidden: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
-        """Mean cross-entropy over labelled (position, codebook) entries, with the audio head run only where needed."""
+        """Mean cross-entropy over labelled (position, codebook) entries, weighted per codebook by
+        `audio_codebook_loss_weights`, with the audio head run only where needed."""
         labels = labels.transpose(1, 2)  # [B, L, n_q]
         positions = (labels != IGNORE_INDEX).any(-1)
         logits = self.audio_logits(hidden[positions]).float()  # [N, n_q, C]
         targets = labels[positions]
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-        return loss / (targets != IGNORE_INDEX).sum().clamp(min=1)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
+        weights = torch.tensor(self.config.audio_codebook_loss_weights or [1.0] * self.n_q, device=loss.device)
+        weights = (targets != IGNORE_INDEX) * weights  # [N, n_q]
+        return (loss.view(targets.shape) * weights).sum() / weights.sum().clamp(min=1e-6)

@@ -10,8 +10,8 @@ Python loop over rows and codebooks (which took a third of a batch-16 step):
 - temperature, top-k, top-p and inverse-CDF sampling run on all (row, codebook) pairs together
   (`core.sampling.sample_from_uniforms`), then repetition-aware sampling (VALL-E 2's RAS) resamples the
   pairs whose pick fills its codebook's recent window too often (`core.sampling.repetition_aware_resample`);
-- the delay pattern's rules are applied to all rows together: BOS only as the left fill, EOS only in
-  codebook 0 (not before the first frame) and then the staircase in the others (`delay.py`).
+- the delay pattern's rules (`delay.delay_constraints`) are applied to all rows together: BOS only as
+  the left fill, EOS only in codebook 0 (not before the first frame) and then the staircase in the others.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from cadenza.core.sampling import repetition_aware_resample, sample_from_uniforms
-
-NO_EOS = 1 << 40  # eos_column of a row whose codebook 0 has not ended
+from cadenza.higgs_audio.delay import NO_EOS, delay_constraints
 
 
 def _setting(values: list, dtype):
@@ -57,7 +56,6 @@ class BatchSampler:
                                      for s, w in zip(settings, windows)], dtype=np.int64)
         self.column = np.zeros(batch, dtype=np.int64)  # index of each row's next delayed column
         self.eos_column = np.full(batch, NO_EOS, dtype=np.int64)
-        self.codebook = np.arange(n_q)
         self._uniforms = torch.empty(batch, 2 * n_q)
 
     def _draw(self, rows: list[int], per_row: int) -> torch.Tensor:
@@ -105,8 +103,8 @@ class BatchSampler:
                                            uniforms[:, 1].reshape(-1)).numpy().reshape(n, n_q)
         ended = (eos_column == NO_EOS) & (picked[:, 0] == self.eos) & (column >= 1)
         eos_column = np.where(ended, column, eos_column)
-        picked = np.where(self.codebook >= column[:, None], self.bos, picked)
-        picked = np.where(self.codebook + eos_column[:, None] <= column[:, None], self.eos, picked)
+        force_bos, force_eos = delay_constraints(column, eos_column, n_q)
+        picked = np.where(force_bos, self.bos, np.where(force_eos, self.eos, picked))
         stopped = column >= eos_column + n_q - 1
         if every_row:
             self.history[..., :-1] = self.history[..., 1:]
@@ -118,4 +116,4 @@ class BatchSampler:
         return torch.from_numpy(picked), np.stack([ended, stopped], axis=1).tolist()
 
 
-__all__ = ["NO_EOS", "BatchSampler"]
+__all__ = ["BatchSampler"]

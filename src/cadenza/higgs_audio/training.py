@@ -10,12 +10,14 @@ for a running or stopped run).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from cadenza.core.checkpoint import half_state_dict
 from cadenza.core.training import ResumableDataLoader, TrainConfig, configure_optimizers, fit, load_config, train_config
@@ -35,7 +37,8 @@ AUDIO_ADAPTER = ("audio_codebook_embeddings", "audio_lm_head", "audio_input_laye
 def default_config() -> dict[str, Any]:
     """Every key a config may set, with its default."""
     return {
-        "model": {"preset": "small", "init_from": None, "overrides": {}},
+        # overrides: any HiggsAudioConfig field; None keeps the preset's (or init_from's) value
+        "model": {"preset": "small", "init_from": None, "overrides": dict.fromkeys(HiggsAudioConfig.__annotations__)},
         "data": {"corpus": "data/speech", "codec": None, "max_len": 1024, **asdict(SampleMix())},
         "finetune": {"freeze_llm": False, "freeze_text_head": False},
         "train": asdict(TrainConfig()),
@@ -50,13 +53,16 @@ def token_ids(tokenizer: TextTokenizer) -> dict[str, int]:
     return {field: tokenizer.token_id(token) for field, token in names.items()}
 
 
-def load_or_build_tokenizer(run_dir: Path, corpus: str | Path) -> TextTokenizer:
-    """The run's tokenizer; built from the corpus' training transcripts the first time."""
+def load_or_build_tokenizer(run_dir: Path, corpus: str | Path, init_from: str | Path | None = None) -> TextTokenizer:
+    """The run's tokenizer; the first time, the fine-tuned model's (`init_from`) or one built from the
+    corpus' training transcripts."""
     path = run_dir / TOKENIZER_FILE
     if path.is_file():
         return TextTokenizer.load(path)
-    texts = sorted({row["text"] for row in read_manifest(corpus) if row["split"] == "train"})
-    tokenizer = TextTokenizer.build(texts)
+    if init_from is not None:
+        tokenizer = TextTokenizer.load(Path(init_from) / TOKENIZER_FILE)
+    else:
+        tokenizer = TextTokenizer.build(sorted({row["text"] for row in read_manifest(corpus) if row["split"] == "train"}))
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(path)
     return tokenizer
@@ -74,7 +80,7 @@ def model_config(section: dict[str, Any], tokenizer: TextTokenizer) -> HiggsAudi
         base = PRESETS[section["preset"]]().to_dict()
     else:
         raise ValueError(f"unknown model preset {section['preset']!r}; expected one of {', '.join(PRESETS)}")
-    base.update(section["overrides"] or {})
+    base.update({k: v for k, v in (section["overrides"] or {}).items() if v is not None})
     base.update(token_ids(tokenizer), text_vocab_size=tokenizer.vocab_size)
     return HiggsAudioConfig(**{k: v for k, v in base.items() if k not in ("model_type", "transformers_version")})
 
@@ -89,28 +95,34 @@ class SpeechLMModule(L.LightningModule):
         self.save_hyperparameters()  # plain dicts, so a checkpoint rebuilds the module by itself
         self.train_cfg = train_config(train)
         config = HiggsAudioConfig(**config)
-        self.model = HiggsAudioModel.from_pretrained(init_from, config=config) if init_from else HiggsAudioModel(config)
+        # from_pretrained returns a model in eval mode; training starts in train mode either way
+        self.model = (HiggsAudioModel.from_pretrained(init_from, config=config) if init_from else HiggsAudioModel(config)).train()
         freeze(self.model, freeze_llm, freeze_text_head)
 
     def forward(self, batch: dict[str, torch.Tensor]):
-        return self.model(**batch)
+        # On CPUs, SDPA's flash backward took 41% of a step; its math kernel makes a step ~15% faster.
+        with sdpa_kernel(SDPBackend.MATH) if self.device.type == "cpu" else nullcontext():
+            return self.model(**batch)
 
     def on_train_epoch_start(self) -> None:
         self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self(batch)
-        self.log_dict({"train/loss": out.loss, "train/text_loss": out.text_loss, "train/audio_loss": out.audio_loss},
-                      prog_bar=True, batch_size=len(batch["input_ids"]))
+        self.log_dict(_losses(out, "train"), prog_bar=True, batch_size=len(batch["input_ids"]))
         return out.loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self(batch)
-        self.log_dict({"val/loss": out.loss, "val/text_loss": out.text_loss, "val/audio_loss": out.audio_loss},
-                      prog_bar=True, batch_size=len(batch["input_ids"]), sync_dist=True)
+        self.log_dict(_losses(out, "val"), prog_bar=True, batch_size=len(batch["input_ids"]), sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         return configure_optimizers(self.model, self.train_cfg)
+
+
+def _losses(out, stage: str) -> dict[str, torch.Tensor]:
+    names = ("loss", "text_loss", "audio_loss", "alignment_loss")
+    return {f"{stage}/{name}": getattr(out, name) for name in names if getattr(out, name) is not None}
 
 
 def freeze(model: HiggsAudioModel, freeze_llm: bool, freeze_text_head: bool) -> None:
@@ -157,7 +169,7 @@ def train(config_path: str | Path | None = None, overrides: list[str] = (), resu
     cfg = load_config(config_path, list(overrides), defaults=default_config())
     train_cfg = train_config(cfg["train"])
     run_dir = Path(train_cfg.run_dir)
-    tokenizer = load_or_build_tokenizer(run_dir, cfg["data"]["corpus"])
+    tokenizer = load_or_build_tokenizer(run_dir, cfg["data"]["corpus"], cfg["model"]["init_from"])
     config = model_config(cfg["model"], tokenizer)
     module = SpeechLMModule(_plain(config), asdict(train_cfg), cfg["model"]["init_from"], **cfg["finetune"])
     datamodule = SpeechDataModule(cfg["data"], tokenizer, config, train_cfg)
