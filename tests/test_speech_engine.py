@@ -387,12 +387,14 @@ def test_aggregate_and_report():
     assert festival["wer"] == 0.0 and festival["engine_wer"] == pytest.approx(50.0)
     none_known = aggregate([rows[1]])
     assert none_known["engine_wer"] is None
-    report = {"groups": {"joe": joe_group, "festival": festival, "x": none_known}, "rtf": 0.1234, "batch_size": 8}
+    report = {"groups": {"joe": joe_group, "festival": festival, "x": none_known},
+              "voices": {"festival/kal": festival}, "rtf": 0.1234, "batch_size": 8}
     lines = format_report(report).splitlines()
     assert lines[0].split() == ["group", "n", "WER", "%", "engine", "WER", "%", "similarity", "mean", "s"]
     assert lines[1].split() == ["joe", "2", "50.0", "0.0", "0.700", "1.00"]
     assert lines[2].split() == ["festival", "1", "0.0", "50.0", "0.900", "2.00"]
     assert lines[3].split() == ["x", "1", "100.0", "-", "0.600", "0.50"]
+    assert lines[4].split() == ["festival/kal", "1", "0.0", "50.0", "0.900", "2.00"]
     assert lines[-1] == "real-time factor (batch 8): 0.123"
 
 

@@ -209,7 +209,8 @@ def train_cmd(
         export = train(config, overrides or [], resume=resume)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
-    typer.echo(f"trained model exported to {export}")
+    if export is not None:  # None: another DDP process
+        typer.echo(f"trained model exported to {export}")
 
 
 @app.command("export")

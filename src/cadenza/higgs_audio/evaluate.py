@@ -5,6 +5,9 @@ Groups (all sentences from the corpus' test split, never trained on):
 - `unseen_speaker`: voices held out of training entirely (the corpus' test-only speakers), cloned from one
   reference clip + transcript; WER, and resemblyzer similarity of the generated speech to the reference;
 - `festival`: Festival voices no model here ever trains on, synthesized at evaluation time, cloned the same way.
+  Two of them record speakers the corpus also has through flite (kal_diphone ~ flite kal16, the same diphone
+  recordings; cmu_us_slt_arctic_hts ~ flite slt, the same ARCTIC speaker by another synthesis method): only
+  ked_diphone is a speaker never heard in any form, so the report also lists every voice on its own.
 For context each clone group also reports the WER of the reference engine's own speech of the sentences.
 Generation runs batched; the real-time factor is wall time over seconds of audio produced.
 """
@@ -131,11 +134,13 @@ def evaluate_tts(engine: HiggsAudioServeEngine, cases: list[Case], batch_size: i
                                   edit_distance(words, normalize_words(hypothesis)), engine_errors,
                                   speaker.similarity(reference16, generated16) if len(audio) else 0.0, len(audio) / sr))
     audio_seconds = sum(r.seconds for r in results)
-    groups = defaultdict(list)
+    groups, voices = defaultdict(list), defaultdict(list)
     for r in results:
         groups[r.group].append(r)
+        voices[f"{r.group}/{r.voice}"].append(r)
     return {
         "groups": {name: aggregate(rows) for name, rows in groups.items()},
+        "voices": {name: aggregate(rows) for name, rows in voices.items()},
         "rtf": generation_seconds / max(audio_seconds, 1e-9),
         "batch_size": batch_size,
         "cases": [asdict(r) for r in results],
@@ -156,11 +161,11 @@ def aggregate(rows: list[CaseResult]) -> dict:
 
 
 def format_report(report: dict) -> str:
-    """A small table of the groups."""
-    lines = [f"{'group':<16}{'n':>4}{'WER %':>8}{'engine WER %':>14}{'similarity':>12}{'mean s':>8}"]
-    for name, g in report["groups"].items():
+    """A small table of the groups, then of the voices of each group."""
+    lines = [f"{'group':<32}{'n':>4}{'WER %':>8}{'engine WER %':>14}{'similarity':>12}{'mean s':>8}"]
+    for name, g in [*report["groups"].items(), *report["voices"].items()]:
         engine = f"{g['engine_wer']:.1f}" if g["engine_wer"] is not None else "-"
-        lines.append(f"{name:<16}{g['n']:>4}{g['wer']:>8.1f}{engine:>14}{g['similarity']:>12.3f}{g['mean_seconds']:>8.2f}")
+        lines.append(f"{name:<32}{g['n']:>4}{g['wer']:>8.1f}{engine:>14}{g['similarity']:>12.3f}{g['mean_seconds']:>8.2f}")
     lines.append(f"real-time factor (batch {report['batch_size']}): {report['rtf']:.3f}")
     return "\n".join(lines)
 

@@ -164,8 +164,9 @@ class SpeechDataModule(L.LightningDataModule):
         return self._loader(self.val_set)
 
 
-def train(config_path: str | Path | None = None, overrides: list[str] = (), resume: bool = False) -> Path:
-    """Train (or fine-tune) the audio LM; returns the export directory (model + tokenizer)."""
+def train(config_path: str | Path | None = None, overrides: list[str] = (), resume: bool = False) -> Path | None:
+    """Train (or fine-tune) the audio LM; returns the export directory (model + tokenizer), written by the
+    first process only (the others return None)."""
     cfg = load_config(config_path, list(overrides), defaults=default_config())
     train_cfg = train_config(cfg["train"])
     run_dir = Path(train_cfg.run_dir)
@@ -174,10 +175,9 @@ def train(config_path: str | Path | None = None, overrides: list[str] = (), resu
     module = SpeechLMModule(_plain(config), asdict(train_cfg), cfg["model"]["init_from"], **cfg["finetune"])
     datamodule = SpeechDataModule(cfg["data"], tokenizer, config, train_cfg)
     trainer = fit(module, datamodule, train_cfg, run_dir, resume=resume)
-    export_dir = run_dir / "model"
-    if trainer.is_global_zero:
-        save_model(module.model, tokenizer, export_dir, step=trainer.global_step, codec=cfg["data"]["codec"])
-    return export_dir
+    if not trainer.is_global_zero:
+        return None
+    return save_model(module.model, tokenizer, run_dir / "model", step=trainer.global_step, codec=cfg["data"]["codec"])
 
 
 def save_model(model: HiggsAudioModel, tokenizer: TextTokenizer, out_dir: str | Path, step: int,
