@@ -284,3 +284,14 @@ def test_guided_layers_and_codebook_weights_shape_the_loss() -> None:
         _config(audio_codebook_loss_weights=[1.0])
     with pytest.raises(ValueError, match="guided_attention_layers"):
         _config(guided_attention_layers=[5])
+
+
+def test_dropout_acts_only_while_training() -> None:
+    batch = _batch()
+    plain, dropped = _model(seed=3), _model(seed=3, dropout=0.1, audio_input_dropout=0.5)
+    torch.testing.assert_close(_hidden(dropped, batch), _hidden(plain, batch))  # eval: no dropout
+    dropped.train()
+    assert not torch.allclose(_hidden(dropped, batch), _hidden(plain, batch))
+    text_only = {**batch, "audio_mask": torch.zeros_like(batch["audio_mask"])}
+    input_only = _model(seed=3, audio_input_dropout=0.5).train()
+    torch.testing.assert_close(_hidden(input_only, text_only), _hidden(plain, text_only))  # text is never dropped

@@ -42,7 +42,12 @@ class HiggsAudioConfig(PretrainedConfig):
     audio_out_bos_token_id: int = 9  # <|audio_out_bos|>
     eot_token_id: int = 6  # <|eot_id|>
     tie_word_embeddings: bool = False
-    # Training only. Per-codebook weights of the audio loss (None: equal). Guided attention (Tachibana et al.
+    # Training only. Dropout on the residual branches (attention and MLP outputs), and on the embeddings of
+    # input audio frames (Tacotron 2's pre-net dropout: with teacher forcing a model can predict the next frame
+    # from the previous ones and recall training clips; noisy past frames make it read the transcript).
+    dropout: float = 0.0
+    audio_input_dropout: float = 0.0
+    # Per-codebook weights of the audio loss (None: equal). Guided attention (Tachibana et al.
     # 2017): on these layers the first `guided_attention_heads` heads are pulled, for every trained audio
     # position, towards the transcript token at the same relative place (a Gaussian of width
     # `guided_attention_sigma`), so that text-to-audio alignment is learned early; None: no guide.

@@ -166,6 +166,7 @@ class DecoderLayer(GradientCheckpointingLayer):
         self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = MLP(config.hidden_size, config.intermediate_size)
+        self.dropout = nn.Dropout(config.dropout)
         self.has_audio_ffn = layer_idx in config.audio_dual_ffn_layers
         if self.has_audio_ffn:
             self.audio_input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
@@ -180,8 +181,9 @@ class DecoderLayer(GradientCheckpointingLayer):
         dual = routes is not None and self.has_audio_ffn
         h = _route(x, routes, self.input_layernorm, self.audio_input_layernorm) if dual else self.input_layernorm(x)
         attended, guide_loss = self.self_attn(h, cos_sin, mask, past_key_values, alignment)
-        x = x + attended
-        return x + (_route(x, routes, self._text_ffn, self._audio_ffn) if dual else self._text_ffn(x)), guide_loss
+        x = x + self.dropout(attended)
+        ffn = _route(x, routes, self._text_ffn, self._audio_ffn) if dual else self._text_ffn(x)
+        return x + self.dropout(ffn), guide_loss
 
     def _text_ffn(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.post_attention_layernorm(x))
@@ -321,6 +323,7 @@ class HiggsAudioModel(PreTrainedModel):
         # The text id at an audio position is a placeholder (maybe out of the vocabulary): embed id 0 there.
         x = self.embed_tokens(input_ids.masked_fill(audio_mask, 0))
         frames = self.embed_audio_frames(audio_codes.transpose(1, 2)[audio_mask])  # [N_audio, D]
+        frames = F.dropout(frames, self.config.audio_input_dropout, self.training)
         return x.masked_scatter(audio_mask[..., None], frames.to(x.dtype))
 
     @staticmethod
