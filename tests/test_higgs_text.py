@@ -170,3 +170,11 @@ def test_spoken_encoding_is_phonemes_without_unknowns(tokenizer):
         assert unk not in spoken, (sentence, tokenizer.decode(spoken))
     ids = tokenizer.encode("[SPEAKER0] Where? [SPEAKER1] Home.", spoken=True)
     assert ids[0] == tokenizer.token_id("[SPEAKER0]") and tokenizer.token_id("[SPEAKER1]") in ids
+
+
+def test_durations_of_spoken_tokens(tokenizer):
+    ids = tokenizer.encode("[SPEAKER0] Go home, now.", spoken=True)
+    tokens = [tokenizer.vocab[i] for i in ids]
+    durations = dict(zip(tokens, tokenizer.durations(ids)))
+    assert durations["[SPEAKER0]"] == 0 and durations[" "] == 0 and durations["ˈ"] == 0
+    assert durations[","] == durations["."] == 2 and durations["h"] == durations["m"] == 1

@@ -115,7 +115,11 @@ def test_alignment_labels_place_the_transcript_and_its_audio(config, tokenizer):
     assert np.array_equal(np.flatnonzero(audio_place >= 0), target)
     assert (text_place >= 0).sum() == end - start and np.flatnonzero(text_place >= 0).max() < target.min()
     for place in (text_place[text_place >= 0], audio_place[audio_place >= 0]):
-        assert 0 < place.min() < place.max() < 1 and (np.diff(place) > 0).all()
+        assert 0 < place.min() < place.max() < 1 and (np.diff(place) >= 0).all()
+    # a transcript token's place counts the durations before it: silent marks none, the final "." two
+    durations = tokenizer.durations(item.input_ids[start:end])
+    assert durations[-1] == 2.0 and 0.0 in durations
+    assert text_place[text_place >= 0][-1] == pytest.approx(1 - 1 / sum(durations))
     # the relative places survive a cut from the left (the collator keeps a long sample's end)
     kept = e.positions(slice(3, None))
     assert np.array_equal(kept.alignment_labels, e.alignment_labels[:, 3:])

@@ -6,7 +6,8 @@ Labels come out already shifted (`labels[t]` is the target of position t's outpu
 expects): the text head learns the next text token, the audio head the next delayed frame of a labelled
 `<|AUDIO_OUT|>`, stream-BOS fill excluded, the EOS staircase included (so the model learns to stop).
 Alignment labels mark where the trained audio and the transcript it speaks lie, each position as its
-relative place (0..1) in its span, for the model's guided-attention loss.
+relative place (0..1) in its span (a transcript token's place counts the rough durations of the tokens
+before it), for the model's guided-attention loss.
 """
 
 from __future__ import annotations
@@ -84,11 +85,19 @@ def expand_sample(sample: ChatMLDatasetSample, config: HiggsAudioConfig) -> Expa
     text_labels[:-1], audio_labels[:, :-1] = token_targets[1:], frame_targets[:, 1:]
     alignment_labels = np.full((2, len(ids)), -1.0, np.float32)
     if sample.transcript_span is not None and target is not None:
-        transcript = tuple(expanded_at[i] for i in sample.transcript_span)
-        for row, (start, end) in enumerate((transcript, target)):
-            alignment_labels[row, start:end] = (np.arange(end - start) + 0.5) / (end - start)
+        start, end = (expanded_at[i] for i in sample.transcript_span)
+        alignment_labels[0, start:end] = _places(sample.transcript_durations or np.ones(end - start))
+        alignment_labels[1, target[0]:target[1]] = _places(np.ones(target[1] - target[0]))
     return ExpandedSample(np.asarray(ids, np.int64), np.concatenate(codes, axis=1), np.concatenate(mask),
                           text_labels, audio_labels, alignment_labels)
+
+
+def _places(durations) -> np.ndarray:
+    """Relative place (0..1) of the middle of each item in a sequence of items of these durations."""
+    durations = np.asarray(durations, np.float32)
+    if durations.sum() <= 0:
+        durations = np.ones_like(durations)
+    return (np.cumsum(durations) - durations / 2) / durations.sum()
 
 
 class HiggsAudioSampleCollator:

@@ -113,6 +113,7 @@ class ChatMLDatasetSample:
     label_ids: list[int]
     audio_codes: list[np.ndarray] = field(default_factory=list)  # (n_q, T) per placeholder, in order
     transcript_span: tuple[int, int] | None = None  # tokens spoken by the trained audio (chatml.transcript_span)
+    transcript_durations: list[float] | None = None  # their rough relative durations (TextTokenizer.durations)
 
 
 def tokenize_sample(sample: ChatMLSample, tokenizer: TextTokenizer, codes: list[np.ndarray]) -> ChatMLDatasetSample:
@@ -120,7 +121,9 @@ def tokenize_sample(sample: ChatMLSample, tokenizer: TextTokenizer, codes: list[
     input_ids, label_ids, audio_contents, _ = prepare_chatml_sample(sample, tokenizer)
     if len(audio_contents) != len(codes):
         raise ValueError(f"sample has {len(audio_contents)} audio contents but {len(codes)} code arrays")
-    return ChatMLDatasetSample(input_ids, label_ids, list(codes), transcript_span(input_ids, label_ids, tokenizer))
+    span = transcript_span(input_ids, label_ids, tokenizer)
+    durations = tokenizer.durations(input_ids[span[0]:span[1]]) if span else None
+    return ChatMLDatasetSample(input_ids, label_ids, list(codes), span, durations)
 
 
 @dataclass

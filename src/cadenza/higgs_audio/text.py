@@ -32,6 +32,11 @@ ASCII_CHARS: tuple[str, ...] = ("\t", "\n", *(chr(c) for c in range(32, 127)))
 # punctuation it keeps), so a tokenizer built from a small corpus still covers unseen text.
 ESPEAK_SYMBOLS: tuple[str, ...] = tuple("æðŋɐɑɔəɚɛɜɡɪɹɾʃʊʌʒʔθᵻɬçχɒˈˌː\u0303\u0329¡¿«»“”—…")
 PHONEMIZE_CACHE_SIZE = 50_000
+# Rough relative duration of a phonemized transcript's symbols, for placing them along the audio that speaks
+# them: word gaps, stress and length marks take no time of their own, pause punctuation about two phonemes,
+# every other symbol (a phoneme) one.
+SILENT_SYMBOLS = frozenset(" \tˈˌː\u0303\u0329")
+PAUSE_SYMBOLS = frozenset(",.;:!?—…")
 
 _TOKEN_PATTERN = re.compile("|".join(re.escape(t) for t in sorted(SPECIAL_TOKENS, key=len, reverse=True)))
 # A sound event such as "<SE>[Laughter]</SE>" is kept whole: its label is a tag, not speech.
@@ -413,6 +418,15 @@ class TextTokenizer:
                 raise ValueError(f"token id {i} is outside the vocabulary (0..{self.vocab_size - 1})")
             tokens.append(self._vocab[i])
         return "".join(tokens)
+
+    def durations(self, ids: Iterable[int]) -> list[float]:
+        """Rough relative duration of each token of a spoken transcript (SILENT_SYMBOLS 0, PAUSE_SYMBOLS 2,
+        special tokens 0, other symbols 1)."""
+        def duration(token: str) -> float:
+            if len(token) != 1 or token in SILENT_SYMBOLS:
+                return 0.0
+            return 2.0 if token in PAUSE_SYMBOLS else 1.0
+        return [duration(self._vocab[int(i)]) for i in ids]
 
     def save(self, path: str | PathLike) -> None:
         """Write the vocabulary as JSON."""
