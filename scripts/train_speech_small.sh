@@ -19,7 +19,8 @@ RUNS=${RUNS:-/work/cadenza-runs}
 DATA=${DATA:-/work/cadenza-data}
 mkdir -p "$RUNS" "$DATA"
 [ -e data ] || ln -s "$DATA" data
-[ -f data/speech/manifest.jsonl ] || cadenza data speech data/speech --hours 8 > "$RUNS/speech_corpus.log" 2>&1
+# incremental: a complete corpus is only checked (the 8 h of the codec and attempt 1 grew to 24 h at LM step ~1,900)
+cadenza data speech data/speech --hours 24 --workers 1 > "$RUNS/speech_corpus.log" 2>&1
 cadenza speech encode-corpus data/speech > "$RUNS/encode_corpus.log" 2>&1  # incremental: only new utterances
 DEVICES=${DEVICES:-1}
 strategy=$([ "$DEVICES" -gt 1 ] && echo ddp || echo auto)
