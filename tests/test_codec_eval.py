@@ -30,3 +30,21 @@ def test_manifest_clips_separate_seen_and_unseen_speakers(tmp_path):
     assert {c.group for c in clips if c.speaker == "a"} == {"seen_speaker"}
     assert {c.group for c in clips if c.speaker == "b"} == {"unseen_speaker"}
     assert all(str(tmp_path) in c.audio for c in clips)
+
+
+def test_festival_clips_are_kept_per_sentence(tmp_path):
+    """A clip made for one sentence is never handed out for another (the sentence lists change with the corpus)."""
+    import shutil
+
+    import pytest
+    import soundfile as sf
+
+    from cadenza.higgs_audio.speech_metrics import festival_clips
+
+    if shutil.which("text2wave") is None:
+        pytest.skip("needs Festival (text2wave)")
+    first = festival_clips(["Good morning.", "See you soon."], tmp_path, 2, voices=("kal_diphone",))
+    second = festival_clips(["A completely different and much longer sentence."], tmp_path, 1, voices=("kal_diphone",))
+    assert [c.text for c in first] == ["Good morning.", "See you soon."]
+    assert second[0].text.startswith("A completely") and second[0].audio not in {c.audio for c in first}
+    assert sf.info(second[0].audio).duration > sf.info(first[0].audio).duration

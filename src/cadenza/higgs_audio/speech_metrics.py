@@ -99,14 +99,17 @@ class SpeakerEncoder:
 
 
 def festival_clips(sentences: list[str], out_dir: Path, per_voice: int, voices=FESTIVAL_VOICES) -> list[Clip]:
-    """Synthesize held-out evaluation clips with Festival (`text2wave`); empty if Festival is missing."""
+    """Synthesize held-out evaluation clips with Festival (`text2wave`); empty if Festival is missing.
+    A clip is kept in `out_dir` under its voice and sentence, and reused only for that sentence."""
+    from cadenza.higgs_audio.corpus import sentence_hash
+
     if shutil.which("text2wave") is None:
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
     clips = []
     for voice in voices:
         for k, text in enumerate(sentences[:per_voice]):
-            path = out_dir / f"{voice}_{k:03d}.wav"
+            path = out_dir / f"{voice}_{sentence_hash(text)}.wav"
             if not path.exists():
                 with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
                     f.write(text)
