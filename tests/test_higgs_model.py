@@ -279,7 +279,10 @@ def test_guided_layers_and_codebook_weights_shape_the_loss() -> None:
     targets = labels["audio_labels"][:, 0]
     logits = first_only.audio_logits(hidden)[..., 0, :][targets != -100]
     expected = torch.nn.functional.cross_entropy(logits, targets[targets != -100])
-    torch.testing.assert_close(first_only(**batch, **labels).audio_loss, expected)
+    out = first_only(**batch, **labels)
+    torch.testing.assert_close(out.audio_loss, expected)
+    torch.testing.assert_close(out.audio_codebook_losses[0], expected)  # per codebook: unweighted
+    assert out.audio_codebook_losses.shape == (N_Q,) and bool((out.audio_codebook_losses[1:] > 0).all())
     with pytest.raises(ValueError, match="audio_codebook_loss_weights"):
         _config(audio_codebook_loss_weights=[1.0])
     with pytest.raises(ValueError, match="guided_attention_layers"):

@@ -185,7 +185,7 @@ def test_tiny_training_resumes_and_exports_a_loadable_model(corpus, tmp_path):
           resume=True)
     assert first == 4 and torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
     metrics = (run_dir / "logs").rglob("metrics.csv")
-    assert any("val/audio_loss" in p.read_text() for p in metrics)
+    assert any("val/audio_loss" in p.read_text() and "val/audio_loss_cb7" in p.read_text() for p in metrics)
     engine = HiggsAudioServeEngine(export)
     response = engine.generate(ChatMLSample([Message("user", "Hello there.")]), max_new_tokens=12, seed=0)
     assert response.generated_audio_tokens.shape[0] == 8

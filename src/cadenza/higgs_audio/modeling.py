@@ -206,6 +206,7 @@ class HiggsAudioOutput(ModelOutput):
     text_loss: torch.Tensor | None = None
     audio_loss: torch.Tensor | None = None
     alignment_loss: torch.Tensor | None = None  # mean guided-attention loss of the guided layers
+    audio_codebook_losses: torch.Tensor | None = None  # [n_q] unweighted mean cross-entropy per codebook
     hidden_states: torch.Tensor | None = None  # [B, L, hidden], after the final norm
     past_key_values: KVCache | None = None
 
@@ -309,13 +310,14 @@ class HiggsAudioModel(PreTrainedModel):
         hidden = self.norm(x)
 
         text_loss = self._text_loss(hidden, text_labels) if text_labels is not None else None
-        audio_loss = self._audio_loss(hidden, audio_labels) if audio_labels is not None else None
+        audio_loss, codebook_losses = self._audio_loss(hidden, audio_labels) if audio_labels is not None else (None, None)
         alignment_loss = torch.stack(guide_losses).mean() if guide_losses else None
         losses = [loss for loss in (text_loss, audio_loss) if loss is not None]
         if alignment_loss is not None:
             losses.append(self.config.guided_attention_weight * alignment_loss)
         return HiggsAudioOutput(loss=sum(losses) if losses else None, text_loss=text_loss, audio_loss=audio_loss,
-                                alignment_loss=alignment_loss, hidden_states=hidden, past_key_values=past_key_values)
+                                alignment_loss=alignment_loss, audio_codebook_losses=codebook_losses,
+                                hidden_states=hidden, past_key_values=past_key_values)
 
     def _embed(self, input_ids: torch.LongTensor, audio_codes: torch.LongTensor,
                audio_mask: torch.BoolTensor) -> torch.Tensor:
@@ -356,14 +358,16 @@ class HiggsAudioModel(PreTrainedModel):
         loss = F.cross_entropy(logits, labels[labelled], reduction="sum")
         return loss / labelled.sum().clamp(min=1)
 
-    def _audio_loss(self, hidden: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
+    def _audio_loss(self, hidden: torch.Tensor, labels: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean cross-entropy over labelled (position, codebook) entries, weighted per codebook by
-        `audio_codebook_loss_weights`, with the audio head run only where needed."""
+        `audio_codebook_loss_weights`, with the audio head run only where needed; and each codebook's
+        unweighted mean (detached, for logs)."""
         labels = labels.transpose(1, 2)  # [B, L, n_q]
         positions = (labels != IGNORE_INDEX).any(-1)
         logits = self.audio_logits(hidden[positions]).float()  # [N, n_q, C]
         targets = labels[positions]
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
-        weights = torch.tensor(self.config.audio_codebook_loss_weights or [1.0] * self.n_q, device=loss.device)
-        weights = (targets != IGNORE_INDEX) * weights  # [N, n_q]
-        return (loss.view(targets.shape) * weights).sum() / weights.sum().clamp(min=1e-6)
+        loss, labelled = loss.view(targets.shape), targets != IGNORE_INDEX  # [N, n_q]
+        per_codebook = (loss.sum(0) / labelled.sum(0).clamp(min=1)).detach()
+        weights = labelled * torch.tensor(self.config.audio_codebook_loss_weights or [1.0] * self.n_q, device=loss.device)
+        return (loss * weights).sum() / weights.sum().clamp(min=1e-6), per_codebook
