@@ -15,7 +15,6 @@ import random
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from cadenza.higgs_audio.collator import HiggsAudioSampleCollator
 from cadenza.higgs_audio.dataset import SampleMix, SpeechLMDataset, tokenize_sample

@@ -22,6 +22,10 @@ mkdir -p "$RUNS" "$DATA"
 # incremental: a complete corpus is only checked (the 8 h of the codec and attempt 1 grew to 24 h at LM step ~1,900)
 cadenza data speech data/speech --hours 24 --workers 1 > "$RUNS/speech_corpus.log" 2>&1
 cadenza speech encode-corpus data/speech > "$RUNS/encode_corpus.log" 2>&1  # incremental: only new utterances
+# where each transcript token is spoken, for the guided attention (incremental); tokens as the run will read them
+TOKENIZER="$RUNS/speech_small/tokenizer.json"
+[ -f "$TOKENIZER" ] || TOKENIZER=${INIT_FROM:+$INIT_FROM/tokenizer.json}
+cadenza speech align-corpus data/speech ${TOKENIZER:+--text-tokenizer "$TOKENIZER"} > "$RUNS/align_corpus.log" 2>&1
 DEVICES=${DEVICES:-1}
 strategy=$([ "$DEVICES" -gt 1 ] && echo ddp || echo auto)
 nohup cadenza speech train --config configs/speech_small.yaml --resume train.run_dir="$RUNS/speech_small" \

@@ -241,20 +241,20 @@ def test_bfloat16_autocast_and_gradient_checkpointing() -> None:
 def test_guided_attention_loss_is_low_on_the_diagonal_and_high_off_it() -> None:
     from cadenza.higgs_audio.modeling import guided_attention_loss
 
-    L, T = 12, 4  # transcript at positions 1..4, trained audio at 6..11
+    L, T = 12, 4  # transcript (T tokens) at positions 1..4, trained audio (6 frames) at 6..11
     alignment = torch.full((1, 2, L), -1.0)
-    alignment[0, 0, 1:5] = (torch.arange(T) + 0.5) / T
-    alignment[0, 1, 6:] = (torch.arange(6) + 0.5) / 6
+    alignment[0, 0, 1:5] = (torch.arange(T) + 0.5) * 1.5  # token k spoken at frames 1.5 k .. 1.5 (k + 1)
+    alignment[0, 1, 6:] = torch.arange(6.0)
     scale = 20.0  # sharp attention: queries and keys are one-hot "place" vectors
     keys = torch.zeros(1, 1, L, T + 1)
     keys[0, 0, 1:5, :T] = torch.eye(T) * scale
     keys[0, 0, torch.arange(L) >= 5, T] = scale  # everything else (and the audio) looks alike
     diagonal = torch.zeros(1, 1, L, T + 1)
-    diagonal[0, 0, 6:, :T] = torch.eye(T)[(alignment[0, 1, 6:] * T).long()]
+    diagonal[0, 0, 6:, :T] = torch.eye(T)[(alignment[0, 1, 6:] / 1.5).long()]
     elsewhere = torch.zeros(1, 1, L, T + 1)
     elsewhere[0, 0, :, T] = 1.0  # audio reads only audio
-    low = guided_attention_loss(diagonal, keys, None, alignment, sigma=0.2)
-    high = guided_attention_loss(elsewhere, keys, None, alignment, sigma=0.2)
+    low = guided_attention_loss(diagonal, keys, None, alignment, sigma=1.0)
+    high = guided_attention_loss(elsewhere, keys, None, alignment, sigma=1.0)
     assert 0 <= low < 0.2 and high > 0.95
 
 
@@ -263,9 +263,9 @@ def test_guided_layers_and_codebook_weights_shape_the_loss() -> None:
     labels = _labels(batch)
     L = batch["input_ids"].shape[1]
     alignment = torch.full((2, 2, L), -1.0)
-    alignment[:, 0, : L // 3] = (torch.arange(L // 3) + 0.5) / (L // 3)
     audio = batch["audio_mask"][0].nonzero().squeeze(1)
-    alignment[:, 1, audio] = (torch.arange(len(audio)) + 0.5) / len(audio)
+    alignment[:, 0, : L // 3] = (torch.arange(L // 3) + 0.5) * len(audio) / (L // 3)
+    alignment[:, 1, audio] = torch.arange(len(audio), dtype=torch.float)
     model = _model(guided_attention_layers=[1], guided_attention_weight=0.5)
     out = model(**batch, **labels, alignment_labels=alignment)
     assert 0 < out.alignment_loss <= 1

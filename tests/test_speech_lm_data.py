@@ -110,17 +110,24 @@ def test_alignment_labels_place_the_transcript_and_its_audio(config, tokenizer):
     start, end = item.transcript_span
     assert tokenizer.decode(item.input_ids[start:end]) == tokenizer.decode(tokenizer.encode("Go home.", spoken=True))
     e = expand_sample(item, config)
-    text_place, audio_place = e.alignment_labels
+    text_frame, audio_frame = e.alignment_labels
     target = np.flatnonzero(e.audio_mask)[-(6 + 8 + 1):]  # the last placeholder's delayed frames
-    assert np.array_equal(np.flatnonzero(audio_place >= 0), target)
-    assert (text_place >= 0).sum() == end - start and np.flatnonzero(text_place >= 0).max() < target.min()
-    for place in (text_place[text_place >= 0], audio_place[audio_place >= 0]):
-        assert 0 < place.min() < place.max() < 1 and (np.diff(place) >= 0).all()
-    # a transcript token's place counts the durations before it: silent marks none, the final "." two
+    assert np.array_equal(np.flatnonzero(audio_frame >= 0), target)
+    assert np.array_equal(audio_frame[target], np.arange(len(target)))  # the frame each position predicts
+    # without measured frames the tokens are spread over the 6 frames by rough duration: silent marks take
+    # none (-1), the final "." two
     durations = tokenizer.durations(item.input_ids[start:end])
-    assert durations[-1] == 2.0 and 0.0 in durations
-    assert text_place[text_place >= 0][-1] == pytest.approx(1 - 1 / sum(durations))
-    # the relative places survive a cut from the left (the collator keeps a long sample's end)
+    start, end = start + 10, end + 10  # expanded positions: the reference's placeholder became 2 + 8 + 1 columns
+    spoken = text_frame[start:end]
+    assert np.array_equal(spoken < 0, np.asarray(durations) == 0) and 0.0 in durations
+    assert 0 < spoken[spoken >= 0].min() and (np.diff(spoken[spoken >= 0]) > 0).all()
+    assert spoken[-1] == pytest.approx(6 * (1 - 1 / sum(durations)), abs=0.01)
+    assert (text_frame[:start] == -1).all() and (text_frame[end:target.min()] == -1).all()
+    # measured frames (aligner.align_corpus) are used as given; ones of another transcript are not
+    measured = [float(k) if d else -1.0 for k, d in enumerate(durations)]
+    assert tokenize_sample(sample, tokenizer, [np.zeros((8, 2), int), codes], measured).transcript_frames == measured
+    assert tokenize_sample(sample, tokenizer, [np.zeros((8, 2), int), codes], measured[:-1]).transcript_frames == item.transcript_frames
+    # the labels survive a cut from the left (the collator keeps a long sample's end)
     kept = e.positions(slice(3, None))
     assert np.array_equal(kept.alignment_labels, e.alignment_labels[:, 3:])
     batch = HiggsAudioSampleCollator(config)([item])
@@ -250,3 +257,52 @@ def test_length_grouped_epochs_cut_padding_and_keep_every_item(corpus, tokenizer
     first_order = list(data.order)
     data.set_epoch(2)
     assert data.order != first_order
+
+
+def test_forced_align_finds_where_each_token_starts():
+    from cadenza.higgs_audio.aligner import forced_align
+
+    path = [0, 5, 5, 0, 6, 0, 6, 6, 0, 0]  # blank = 0; the repeated 6 needs the blank between
+    log_probs = np.log(np.full((len(path), 8), 0.02))
+    log_probs[np.arange(len(path)), path] = np.log(0.86)
+    assert forced_align(log_probs, [5, 6, 6]).tolist() == [1, 4, 6]
+    with pytest.raises(ValueError, match="3 tokens do not fit in 3"):
+        forced_align(log_probs[:3], [5, 6, 6])  # 5, 6, blank, 6: four steps at least
+
+
+def test_align_corpus_cli_writes_token_frames_the_dataset_uses(corpus, tokenizer, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from cadenza.cli import app
+
+    copy = tmp_path / "corpus"
+    shutil.copytree(corpus, copy)
+    tokenizer.save(tmp_path / "tokenizer.json")
+    result = CliRunner().invoke(app, ["speech", "align-corpus", str(copy), "--text-tokenizer",
+                                      str(tmp_path / "tokenizer.json"), "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    cache = next((copy / "codes").iterdir())
+    assert (cache / "aligner.pt").exists()
+    frames = {row["id"]: row["frames"] for row in map(json.loads, (cache / "frames.jsonl").read_text().splitlines())}
+    assert len(frames) == 18  # every encoded utterance (the broken file has no codes)
+    for row in read_manifest(copy):
+        if row["id"] in frames:
+            ids = tokenizer.encode(row["text"], spoken=True)
+            spoken = np.asarray(frames[row["id"]])
+            assert len(spoken) == len(ids)
+            assert np.array_equal(spoken < 0, np.asarray(tokenizer.durations(ids)) == 0)
+            n_frames = np.load(cache / f"{row['id']}.npy").shape[1]
+            assert (np.diff(spoken[spoken >= 0]) > 0).all() and spoken.max() <= n_frames
+    # a second run keeps what is aligned (and the trained aligner) and only adds new utterances
+    lines = (cache / "frames.jsonl").read_text().splitlines()
+    (cache / "frames.jsonl").write_text("\n".join(lines[1:]) + "\n")
+    result = CliRunner().invoke(app, ["speech", "align-corpus", str(copy), "--text-tokenizer", str(tmp_path / "tokenizer.json")])
+    assert result.exit_code == 0, result.output
+    assert sorted((cache / "frames.jsonl").read_text().splitlines()) == sorted(lines)
+    data = SpeechLMDataset(copy, tokenizer, "train", seed=1)
+    for index, row in enumerate(data.rows):
+        item = data.item(index)
+        if len(item.audio_codes) < 3:  # a clone or plain conversation: its target's measured frames
+            assert item.transcript_frames == frames[row["id"]]

@@ -195,6 +195,29 @@ def encode_corpus_cmd(
     typer.echo(f"codes in {cache}")
 
 
+@app.command("align-corpus")
+def align_corpus_cmd(
+    corpus: Annotated[Path, typer.Argument(help="Speech corpus directory with its code cache (`speech encode-corpus`).")],
+    text_tokenizer: Annotated[Path | None, typer.Option(help="The LM's text tokenizer (tokenizer.json of its run or model; default: built from the corpus).")] = None,
+    model: ModelOption = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs of the aligner (when it is not trained yet).")] = 6,
+) -> None:
+    """Find where each transcript token is spoken (a CTC aligner over the codes), for the LM's guided attention."""
+    import logging
+
+    from cadenza.higgs_audio.aligner import align_corpus
+    from cadenza.higgs_audio.dataset import corpus_tokenizer
+    from cadenza.higgs_audio.text import TextTokenizer
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        tokenizer = TextTokenizer.load(text_tokenizer) if text_tokenizer else corpus_tokenizer(corpus)
+        out = align_corpus(corpus, tokenizer, model, epochs=epochs)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"token frames in {out}")
+
+
 @app.command("train")
 def train_cmd(
     config: Annotated[Path, typer.Option(help="YAML config (sections model, data, finetune, train), e.g. configs/speech_small.yaml.")],

@@ -5,9 +5,9 @@ delay pattern of its codes, `T + n_q + 1` positions (`delay.build_delay_pattern`
 Labels come out already shifted (`labels[t]` is the target of position t's output, as `HiggsAudioModel`
 expects): the text head learns the next text token, the audio head the next delayed frame of a labelled
 `<|AUDIO_OUT|>`, stream-BOS fill excluded, the EOS staircase included (so the model learns to stop).
-Alignment labels mark where the trained audio and the transcript it speaks lie, each position as its
-relative place (0..1) in its span (a transcript token's place counts the rough durations of the tokens
-before it), for the model's guided-attention loss.
+Alignment labels, for the model's guided-attention loss, say in frames of the trained audio where each token
+of the transcript it speaks is spoken (`ChatMLDatasetSample.transcript_frames`) and which frame each trained
+audio position predicts (codebook 0 of frame t at the t-th position of its delayed span).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ class ExpandedSample:
     audio_mask: np.ndarray  # (L,) bool
     text_labels: np.ndarray  # (L,)
     audio_labels: np.ndarray  # (n_q, L)
-    # (2, L): row 0 the relative place (0..1) of a transcript token in the transcript, row 1 that of a
-    # trained audio position in its audio; -1 elsewhere.
+    # (2, L): row 0 the frame of the trained audio at which a transcript token is spoken, row 1 the frame a
+    # trained audio position predicts; -1 elsewhere.
     alignment_labels: np.ndarray
 
     def __len__(self) -> int:
@@ -86,18 +86,10 @@ def expand_sample(sample: ChatMLDatasetSample, config: HiggsAudioConfig) -> Expa
     alignment_labels = np.full((2, len(ids)), -1.0, np.float32)
     if sample.transcript_span is not None and target is not None:
         start, end = (expanded_at[i] for i in sample.transcript_span)
-        alignment_labels[0, start:end] = _places(sample.transcript_durations or np.ones(end - start))
-        alignment_labels[1, target[0]:target[1]] = _places(np.ones(target[1] - target[0]))
+        alignment_labels[0, start:end] = sample.transcript_frames
+        alignment_labels[1, target[0]:target[1]] = np.arange(target[1] - target[0])
     return ExpandedSample(np.asarray(ids, np.int64), np.concatenate(codes, axis=1), np.concatenate(mask),
                           text_labels, audio_labels, alignment_labels)
-
-
-def _places(durations) -> np.ndarray:
-    """Relative place (0..1) of the middle of each item in a sequence of items of these durations."""
-    durations = np.asarray(durations, np.float32)
-    if durations.sum() <= 0:
-        durations = np.ones_like(durations)
-    return (np.cumsum(durations) - durations / 2) / durations.sum()
 
 
 class HiggsAudioSampleCollator:

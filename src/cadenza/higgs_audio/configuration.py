@@ -49,12 +49,13 @@ class HiggsAudioConfig(PretrainedConfig):
     audio_input_dropout: float = 0.0
     # Per-codebook weights of the audio loss (None: equal). Guided attention (Tachibana et al.
     # 2017): on these layers the first `guided_attention_heads` heads are pulled, for every trained audio
-    # position, towards the transcript token at the same relative place (a Gaussian of width
-    # `guided_attention_sigma`), so that text-to-audio alignment is learned early; None: no guide.
+    # position, towards the transcript tokens spoken at its frame (a Gaussian of width `guided_attention_sigma`
+    # frames; where they are spoken: `aligner.align_corpus`), so that text-to-audio alignment is learned
+    # early; None: no guide.
     audio_codebook_loss_weights: list[float] | None = None
     guided_attention_layers: list[int] | None = None
     guided_attention_heads: int = 1
-    guided_attention_sigma: float = 0.2
+    guided_attention_sigma: float = 4.0
     guided_attention_weight: float = 1.0
 
     def __post_init__(self, **kwargs) -> None:

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = "Generate audio following instruction."
 DEFAULT_SCENE = "Audio is recorded from a quiet room."
+FRAMES_FILE = "frames.jsonl"  # beside the codes: where each transcript token is spoken (aligner.align_corpus)
 SILENCE_SECONDS = 0.2  # pause between the turns of a stitched dialogue
 
 
@@ -69,6 +70,20 @@ def read_manifest(corpus_dir: str | Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{corpus_dir}: not a speech corpus (no manifest.jsonl; build one with `cadenza data speech`)")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def corpus_tokenizer(corpus_dir: str | Path) -> TextTokenizer:
+    """A text tokenizer over the corpus's training transcripts (phonemized)."""
+    return TextTokenizer.build(sorted({row["text"] for row in read_manifest(corpus_dir) if row["split"] == "train"}))
+
+
+def read_frames(cache: Path) -> dict[str, list[float]]:
+    """Token frames per utterance id of a code cache ({} when the corpus is not aligned)."""
+    path = cache / FRAMES_FILE
+    if not path.exists():
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return {row["id"]: row["frames"] for row in map(json.loads, f)}
 
 
 def encode_corpus(corpus_dir: str | Path, codec_dir: str | Path | None = None, progress: bool = True) -> Path:
@@ -113,17 +128,31 @@ class ChatMLDatasetSample:
     label_ids: list[int]
     audio_codes: list[np.ndarray] = field(default_factory=list)  # (n_q, T) per placeholder, in order
     transcript_span: tuple[int, int] | None = None  # tokens spoken by the trained audio (chatml.transcript_span)
-    transcript_durations: list[float] | None = None  # their rough relative durations (TextTokenizer.durations)
+    # the frame of the trained audio at which each of those tokens is spoken (-1: a token that takes no time)
+    transcript_frames: list[float] | None = None
 
 
-def tokenize_sample(sample: ChatMLSample, tokenizer: TextTokenizer, codes: list[np.ndarray]) -> ChatMLDatasetSample:
-    """`prepare_chatml_sample` plus the codes of its audio contents (one array per placeholder)."""
+def tokenize_sample(sample: ChatMLSample, tokenizer: TextTokenizer, codes: list[np.ndarray],
+                    frames: list[float] | None = None) -> ChatMLDatasetSample:
+    """`prepare_chatml_sample` plus the codes of its audio contents (one array per placeholder). `frames`:
+    where the transcript's tokens are spoken in the last audio (`aligner.align_corpus`); when not given (or
+    not matching), a rough guess that spreads the tokens over the audio by their rough durations."""
     input_ids, label_ids, audio_contents, _ = prepare_chatml_sample(sample, tokenizer)
     if len(audio_contents) != len(codes):
         raise ValueError(f"sample has {len(audio_contents)} audio contents but {len(codes)} code arrays")
     span = transcript_span(input_ids, label_ids, tokenizer)
-    durations = tokenizer.durations(input_ids[span[0]:span[1]]) if span else None
-    return ChatMLDatasetSample(input_ids, label_ids, list(codes), span, durations)
+    if span and (frames is None or len(frames) != span[1] - span[0]):
+        frames = rough_frames(tokenizer.durations(input_ids[span[0]:span[1]]), codes[-1].shape[1])
+    return ChatMLDatasetSample(input_ids, label_ids, list(codes), span, frames if span else None)
+
+
+def rough_frames(durations: list[float], n_frames: int) -> list[float]:
+    """Tokens of these rough durations spread over n_frames: the frame at the middle of each (-1: no duration)."""
+    d = np.asarray(durations, np.float64)
+    if d.sum() <= 0:
+        return [-1.0] * len(d)
+    middles = (np.cumsum(d) - d / 2) / d.sum() * n_frames
+    return np.where(d > 0, middles, -1.0).round(2).tolist()
 
 
 @dataclass
@@ -181,6 +210,7 @@ class SpeechLMDataset(Dataset):
             if path.exists():
                 self.codes[row["id"]] = np.load(path)
         self.silence = np.load(cache / "_silence.npy")
+        self.frames = read_frames(cache)  # {} when the corpus is not aligned: rough guesses instead
         self.rows = [r for r in rows if r["id"] in self.codes and r["duration"] <= self.mix.max_target_seconds]
         if not self.rows:
             raise ValueError(f"{corpus_dir}: no encoded utterances in split {split!r}")
@@ -205,8 +235,9 @@ class SpeechLMDataset(Dataset):
     def item(self, index: int) -> ChatMLDatasetSample:
         """The conversation of row `index` this epoch (its kind and partners depend on (seed, epoch, index))."""
         rng = random.Random(hash((self.seed, self.epoch, index)))
-        sample, codes = self.conversation(self.rows[index], rng)
-        return tokenize_sample(sample, self.tokenizer, codes)
+        row = self.rows[index]
+        sample, codes = self.conversation(row, rng)
+        return tokenize_sample(sample, self.tokenizer, codes, self.frames.get(row["id"]))
 
     def conversation(self, target: dict, rng: random.Random) -> tuple[ChatMLSample, list[np.ndarray]]:
         """A ChatML conversation ending in `target`'s audio, and the codes of its audio contents in order."""

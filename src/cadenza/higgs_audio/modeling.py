@@ -104,11 +104,11 @@ class Attention(nn.Module):
 
 def guided_attention_loss(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, alignment: torch.Tensor,
                           sigma: float) -> torch.Tensor:
-    """Mean over trained audio queries of 1 - (attention mass on transcript tokens near the same relative
-    place, weighted by a Gaussian of width sigma): 0 when a head reads the transcript along the diagonal.
+    """Mean over trained audio queries of 1 - (attention mass on the transcript tokens spoken near the query's
+    frame, weighted by a Gaussian of width sigma frames): 0 when a head reads what is being said.
 
     q, k [B, H, L, head_dim] of the guided heads (no cache); mask as in Attention; alignment [B, 2, L] from
-    the collator (row 0 transcript places, row 1 audio places, -1 elsewhere).
+    the collator (row 0 the frame of each transcript token, row 1 that of each audio query, -1 elsewhere).
     """
     L = q.shape[2]
     scores = (q.float() @ k.float().transpose(-1, -2)) / q.shape[-1] ** 0.5  # [B, H, L, L]

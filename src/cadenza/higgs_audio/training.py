@@ -21,7 +21,7 @@ from cadenza.core.checkpoint import half_state_dict
 from cadenza.core.training import ResumableDataLoader, TrainConfig, configure_optimizers, fit, load_config, train_config
 from cadenza.higgs_audio.collator import HiggsAudioSampleCollator
 from cadenza.higgs_audio.configuration import HiggsAudioConfig
-from cadenza.higgs_audio.dataset import SampleMix, SpeechLMDataset, codec_fingerprint, read_manifest
+from cadenza.higgs_audio.dataset import SampleMix, SpeechLMDataset, codec_fingerprint, corpus_tokenizer
 from cadenza.higgs_audio.modeling import HiggsAudioModel
 from cadenza.higgs_audio.text import TextTokenizer
 
@@ -60,7 +60,7 @@ def load_or_build_tokenizer(run_dir: Path, corpus: str | Path, init_from: str | 
     if init_from is not None:
         tokenizer = TextTokenizer.load(Path(init_from) / TOKENIZER_FILE)
     else:
-        tokenizer = TextTokenizer.build(sorted({row["text"] for row in read_manifest(corpus) if row["split"] == "train"}))
+        tokenizer = corpus_tokenizer(corpus)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(path)
     return tokenizer
