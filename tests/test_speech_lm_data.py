@@ -266,6 +266,11 @@ def test_forced_align_finds_where_each_token_starts():
     log_probs = np.log(np.full((len(path), 8), 0.02))
     log_probs[np.arange(len(path)), path] = np.log(0.86)
     assert forced_align(log_probs, [5, 6, 6]).tolist() == [1, 4, 6]
+    long = [5, 6, 7] * 50  # more states than an int8 counts
+    log_probs = np.log(np.full((2 * len(long), 8), 0.02))
+    log_probs[np.arange(0, 2 * len(long), 2), long] = np.log(0.86)
+    log_probs[np.arange(1, 2 * len(long), 2), 0] = np.log(0.86)
+    assert forced_align(log_probs, long).tolist() == list(range(0, 2 * len(long), 2))
     with pytest.raises(ValueError, match="3 tokens do not fit in 3"):
         forced_align(log_probs[:3], [5, 6, 6])  # 5, 6, blank, 6: four steps at least
 

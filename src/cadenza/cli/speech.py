@@ -200,7 +200,7 @@ def align_corpus_cmd(
     corpus: Annotated[Path, typer.Argument(help="Speech corpus directory with its code cache (`speech encode-corpus`).")],
     text_tokenizer: Annotated[Path | None, typer.Option(help="The LM's text tokenizer (tokenizer.json of its run or model; default: built from the corpus).")] = None,
     model: ModelOption = None,
-    epochs: Annotated[int, typer.Option(help="Training epochs of the aligner (when it is not trained yet).")] = 6,
+    epochs: Annotated[int, typer.Option(help="Training epochs of the aligner (when it is not trained yet).")] = 3,
 ) -> None:
     """Find where each transcript token is spoken (a CTC aligner over the codes), for the LM's guided attention."""
     import logging
