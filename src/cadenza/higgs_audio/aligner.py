@@ -2,13 +2,14 @@
 
 The audio LM's guided-attention heads are pulled towards the transcript token spoken at each audio frame
 (`HiggsAudioConfig.guided_attention_*`). A rough guess (tokens spread over the clip by their rough
-durations) puts a head several phonemes off mid-sentence, so a head that follows it reads the wrong sound.
-This module measures the real places instead: `CTCAligner` recognizes the transcript's sounding tokens from
-the codec codes the LM trains on (two outputs per 25 Hz frame, so fast speech still fits CTC's one frame per
-token), and `forced_align` finds the most likely path of the known transcript through its outputs (CTC
-Viterbi). `align_corpus` trains it on a corpus's train split and writes, for every utterance, the audio
-frame at which each of its transcript tokens is spoken (`frames.jsonl` beside the codes; -1 for tokens
-that take no time: word gaps, stress and length marks, special tokens).
+durations) is 2.1 frames (about one token) from the measured place on average and 4.5 frames at the 90th
+percentile (24 h corpus, val split), too loose for a guide a few frames wide. This module measures the
+places instead: `CTCAligner` recognizes the transcript's sounding tokens from the codec codes the LM trains
+on (two outputs per 25 Hz frame, so fast speech still fits CTC's one step per token), and `forced_align`
+finds the most likely path of the known transcript through its outputs (CTC Viterbi). `align_corpus` trains
+it on a corpus's train split and writes, for every utterance, the audio frame at which each of its
+transcript tokens is spoken (`frames.jsonl` beside the codes; -1 for tokens that take no time: word gaps,
+stress and length marks, special tokens).
 """
 
 from __future__ import annotations
