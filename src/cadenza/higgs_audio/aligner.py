@@ -202,9 +202,9 @@ def align_corpus(corpus_dir: str | Path, tokenizer: TextTokenizer, codec_dir: st
         with torch.enable_grad():
             model = train_aligner(train_items, tokenizer, epochs=epochs)
         torch.save(model.state_dict(), weights)
-    _, val_items = _load(corpus_dir, cache, tokenizer, "val")
-    if val_items:
-        log.info("aligner token error rate on the val split: %.3f", token_error_rate(model, val_items[:500], tokenizer))
+        _, val_items = _load(corpus_dir, cache, tokenizer, "val")
+        if val_items:
+            log.info("aligner token error rate on the val split: %.3f", token_error_rate(model, val_items[:500], tokenizer))
     done = read_frames(cache)
     rows, items = _load(corpus_dir, cache, tokenizer, None, skip=done)
     out, failed = cache / FRAMES_FILE, 0
