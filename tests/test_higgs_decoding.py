@@ -46,7 +46,8 @@ def _prompt(batch: int = 3) -> dict[str, torch.Tensor]:
 
 
 def _logit_errors(model: HiggsAudioModel, weight_dtype: torch.dtype) -> list[float]:
-    """Max |logit difference| of decoder vs model.forward (both heads) at every step of STEPS."""
+    """Max |logit difference| of decoder vs model.forward (all heads) at every step of STEPS; a model with a
+    transcript pointer is also fed spoken transcript tokens (-1 in some rows: none)."""
     prompt, batch = _prompt(), 3
     reference, fast = KVCache(model.config, batch, PROMPT_LEN + 8), KVCache(model.config, batch, PROMPT_LEN + 8)
     with torch.no_grad():
@@ -59,27 +60,32 @@ def _logit_errors(model: HiggsAudioModel, weight_dtype: torch.dtype) -> list[flo
         ids = torch.randint(0, VOCAB, (batch,), generator=gen)
         codes = torch.randint(0, CODEBOOK_SIZE + 2, (batch, N_Q), generator=gen)
         audio_rows = MIXED_AUDIO_ROWS if kind == "mixed" else torch.full((batch,), kind == "audio")
+        spoken = torch.randint(-1, VOCAB, (batch,), generator=gen).masked_fill(~audio_rows, -1)
         attention = torch.cat([attention, torch.ones(batch, 1, dtype=attention.dtype)], dim=1)
         with torch.no_grad():
             expected = model(input_ids=ids[:, None], audio_codes=codes[:, :, None], audio_mask=audio_rows[:, None],
-                             attention_mask=attention, past_key_values=reference).hidden_states[:, -1]
+                             attention_mask=attention, past_key_values=reference,
+                             spoken_ids=spoken[:, None]).hidden_states[:, -1]
         if kind == "audio":
-            hidden = decoder.step(state, audio_codes=codes)
+            hidden = decoder.step(state, audio_codes=codes, spoken_ids=spoken)
         elif kind == "text":
             hidden = decoder.step(state, input_ids=ids)
         else:
-            hidden = decoder.step(state, ids, codes, audio_rows)
+            hidden = decoder.step(state, ids, codes, audio_rows, spoken_ids=spoken)
         with torch.no_grad():
-            errors.append(max(float((decoder.text_logits(hidden) - model.text_logits(expected)).abs().max()),
-                              float((decoder.audio_logits(hidden) - model.audio_logits(expected)).abs().max())))
+            heads = [(decoder.text_logits, model.text_logits), (decoder.audio_logits, model.audio_logits)]
+            if model.config.transcript_pointer:
+                heads.append((decoder.pointer_logits, model.pointer_head))
+            errors.append(max(float((fast_head(hidden) - head(expected)).abs().max()) for fast_head, head in heads))
     assert fast.length == reference.length == PROMPT_LEN + len(STEPS)
     return errors
 
 
-@pytest.mark.parametrize("dual_layers", [None, [1]])
-def test_float32_steps_match_the_model(dual_layers):
-    """Left padding, per-row positions and DualFFN routing (on all layers, or on layer 1 of 2 only)."""
-    errors = _logit_errors(_model(audio_dual_ffn_layers=dual_layers), torch.float32)
+@pytest.mark.parametrize("overrides", [{}, {"audio_dual_ffn_layers": [1]}, {"transcript_pointer": True}])
+def test_float32_steps_match_the_model(overrides):
+    """Left padding, per-row positions and DualFFN routing (on all layers, or on layer 1 of 2 only), and the
+    spoken tokens and pointer head of a transcript pointer."""
+    errors = _logit_errors(_model(**overrides), torch.float32)
     assert max(errors) < 1e-4, errors
 
 

@@ -289,6 +289,34 @@ def test_guided_layers_and_codebook_weights_shape_the_loss() -> None:
         _config(guided_attention_layers=[5])
 
 
+def test_transcript_pointer_reads_spoken_tokens_at_audio_positions_and_learns_its_steps() -> None:
+    model, batch = _model(transcript_pointer=True, pointer_max_step=3), _batch()
+    labels = _labels(batch)
+    B, L = batch["input_ids"].shape
+    spoken = torch.full((B, L), -1).masked_scatter(batch["audio_mask"], torch.randint(0, 128, (B, L)))
+    spoken[0, L // 3] = -1  # an audio position that speaks nothing
+    steps = torch.randint(0, 4, (B, L)).masked_fill(~batch["audio_mask"], -100)
+    plain, read = _hidden(model, batch), _hidden(model, batch, spoken_ids=spoken)
+    first = int(batch["audio_mask"][0].nonzero()[0])  # causal: nothing before the first spoken position changes
+    torch.testing.assert_close(plain[:, :first], read[:, :first])
+    torch.testing.assert_close(plain[0, first], read[0, first])  # the position that speaks nothing
+    assert not torch.allclose(plain[:, first + 1:], read[:, first + 1:])
+    out = model(**batch, **labels, spoken_ids=spoken, pointer_labels=steps)
+    torch.testing.assert_close(out.loss, out.text_loss + out.audio_loss + out.pointer_loss)
+    with torch.no_grad():
+        model.pointer_head.weight.zero_()
+    uniform = model(**batch, spoken_ids=spoken, pointer_labels=steps).pointer_loss
+    torch.testing.assert_close(uniform, torch.log(torch.tensor(4.0)))
+    # DDP-safety: the pointer head gets a (zero) gradient even when no position has a pointer label
+    model = _model(transcript_pointer=True)
+    model(**batch, **labels, spoken_ids=spoken, pointer_labels=torch.full((B, L), -100)).loss.backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
+    # a model without a pointer ignores both
+    without = _model()
+    torch.testing.assert_close(_hidden(without, batch), _hidden(without, batch, spoken_ids=spoken))
+    assert without(**batch, **labels, spoken_ids=spoken, pointer_labels=steps).pointer_loss is None
+
+
 def test_dropout_acts_only_while_training() -> None:
     batch = _batch()
     plain, dropped = _model(seed=3), _model(seed=3, dropout=0.1, audio_input_dropout=0.5)

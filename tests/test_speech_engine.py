@@ -29,16 +29,16 @@ from cadenza.higgs_audio.speak import (
     speak,
     voice_reference,
 )
-from cadenza.higgs_audio.text import TextTokenizer
+from cadenza.higgs_audio.text import SILENT_SYMBOLS, TextTokenizer
 
 SENTENCES = ["Hello there.", "How are you today, my friend?", "It is a fine day for a walk in the park."]
 N_Q, CODEBOOK = 8, 1024
 
 
-def build_tiny_speech_model(out_dir: Path, seed: int = 0) -> Path:
+def build_tiny_speech_model(out_dir: Path, seed: int = 0, **overrides) -> Path:
     """A random tiny Higgs Audio model + tokenizer directory the engine loads (built in well under a second)."""
     tok = TextTokenizer.build(SENTENCES)
-    config = HiggsAudioConfig.tiny(text_vocab_size=tok.vocab_size, **training.token_ids(tok))
+    config = HiggsAudioConfig.tiny(text_vocab_size=tok.vocab_size, **training.token_ids(tok), **overrides)
     torch.manual_seed(seed)
     return training.save_model(HiggsAudioModel(config), tok, out_dir, step=0)
 
@@ -102,6 +102,27 @@ def _turns(tokenizer: TextTokenizer, ids: list[int]) -> list[tuple[str, str]]:
 
 
 # ----------------------------------------------------------------------------------- seeding and batching
+
+
+def test_transcript_pointer_walks_the_last_user_message(tmp_path, joe, monkeypatch):
+    engine = HiggsAudioServeEngine(build_tiny_speech_model(tmp_path / "model", transcript_pointer=True))
+    prompt = _prompt(engine, SENTENCES[1], {0: joe})
+    reading = engine._reading(prompt.input_ids)
+    spoken = engine.tokenizer.decode(engine.tokenizer.encode(SENTENCES[1], spoken=True))
+    assert engine.tokenizer.decode(reading).replace(" ", "") == "".join(c for c in spoken if c not in SILENT_SYMBOLS)
+    fed = []
+    step = engine.decoder.step
+    monkeypatch.setattr(engine.decoder, "step", lambda *a, **k: fed.append(k["spoken_ids"].clone()) or step(*a, **k))
+    # a pointer head that always moves one token: the first frame speaks the first token, then one more each
+    monkeypatch.setattr(engine.decoder, "pointer_logits", lambda h: torch.tensor([[-1e4, 0.0, -1e4, -1e4]]).expand(len(h), -1))
+    engine.generate_prompts([prompt], _settings(len(reading) + 5, seed=0))
+    said = [int(s[0]) for s in fed]
+    assert said == reading + [reading[-1]] * 4  # with columns 0, 1, ...; the last sampled column is not fed
+    monkeypatch.undo()
+    alone = engine.generate_prompts([prompt], _settings(20, seed=1))[0]
+    batched = engine.generate_prompts([_prompt(engine, SENTENCES[0]), prompt], _settings(20, seed=1))[1]
+    np.testing.assert_array_equal(alone.generated_audio_tokens, batched.generated_audio_tokens)
+
 
 
 def test_same_seed_same_audio_other_seed_other_audio(engine):

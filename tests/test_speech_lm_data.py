@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 
 from cadenza.higgs_audio.chatml import AudioContent, ChatMLSample, Message
-from cadenza.higgs_audio.collator import IGNORE, HiggsAudioSampleCollator, expand_sample
+from cadenza.higgs_audio.collator import IGNORE, HiggsAudioSampleCollator, expand_sample, transcript_pointer
 from cadenza.higgs_audio.configuration import HiggsAudioConfig
 from cadenza.higgs_audio.corpus_voices import VoiceIdentity, engine_available, synthesize
 from cadenza.higgs_audio.dataset import ChatMLDatasetSample, SampleMix, SpeechLMDataset, encode_corpus, read_manifest, tokenize_sample
@@ -137,6 +137,30 @@ def test_alignment_labels_place_the_transcript_and_its_audio(config, tokenizer):
     assert prompt.transcript_span is None and (expand_sample(prompt, config).alignment_labels == -1).all()
 
 
+def test_transcript_pointer_follows_where_each_token_is_spoken(config, tokenizer):
+    # token middles 1, 3, 3.6, 7: a frame belongs to the nearest middle
+    pointer, steps = transcript_pointer(np.array([1.0, 3.0, 3.6, 7.0]), 9, max_step=3)
+    assert pointer.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 3]
+    assert steps.tolist() == [0, 1, 0, 1, 0, 1, 0, 0, IGNORE]
+    _, steps = transcript_pointer(np.array([1.0, 1.2, 1.4, 5.0]), 5, max_step=1)  # two tokens in one frame
+    assert steps.tolist() == [0, 1, 0, 1, IGNORE]  # the step is capped
+    sample = ChatMLSample([Message("user", "Go home."), Message("assistant", AudioContent(audio_url="target"))])
+    item = tokenize_sample(sample, tokenizer, [np.zeros((8, 12), int)])
+    e = expand_sample(item, config)
+    transcript = np.asarray(item.input_ids[slice(*item.transcript_span)])
+    sounding = transcript[np.asarray(item.transcript_frames) >= 0]
+    target = np.flatnonzero(e.audio_mask)
+    assert np.array_equal(np.flatnonzero(e.spoken_ids >= 0), target)
+    said = e.spoken_ids[target]  # every sounding token in order, each for some frames, the last one to the end
+    assert said[0] == sounding[0] and said[-1] == sounding[-1]
+    assert [t for k, t in enumerate(said) if k == 0 or t != said[k - 1]] == sounding.tolist()
+    assert np.array_equal(np.flatnonzero(e.pointer_labels != IGNORE), target[:-1])
+    assert set(e.pointer_labels[target[:-1]]) <= set(range(config.pointer_max_step + 1))
+    batch = HiggsAudioSampleCollator(config)([item])
+    assert torch.equal(batch["spoken_ids"][0, : len(e)], torch.from_numpy(e.spoken_ids))
+    assert torch.equal(batch["pointer_labels"][0, : len(e)], torch.from_numpy(e.pointer_labels))
+
+
 def test_collator_pads_right_for_training_and_left_for_prompts(config, tokenizer):
     short = tokenize_sample(ChatMLSample([Message("user", "Hi."), Message("assistant", AudioContent(audio_url="a"))]),
                             tokenizer, [np.zeros((8, 2), int)])
@@ -196,6 +220,13 @@ def test_tiny_training_resumes_and_exports_a_loadable_model(corpus, tmp_path):
     engine = HiggsAudioServeEngine(export)
     response = engine.generate(ChatMLSample([Message("user", "Hello there.")]), max_new_tokens=12, seed=0)
     assert response.generated_audio_tokens.shape[0] == 8
+    # warm start from the export into a model with a transcript pointer: its new head starts fresh
+    pointer_run = tmp_path / "pointer"
+    pointer_export = train(Path(__file__).parents[1] / "configs" / "speech_tiny.yaml",
+                           [overrides[0], f"train.run_dir={pointer_run}", "train.max_steps=2", *overrides[3:],
+                            f"model.init_from={export}", "model.overrides.transcript_pointer=true"])
+    assert any("train/pointer_loss" in p.read_text() for p in (pointer_run / "logs").rglob("metrics.csv"))
+    assert HiggsAudioServeEngine(pointer_export).decoder.pointer_head is not None
     # a model refuses an audio tokenizer whose codes it never learned
     config_file = export / "config.json"
     config_file.write_text(config_file.read_text().replace(engine.config.audio_tokenizer_fingerprint, "0123456789ab"))

@@ -215,12 +215,17 @@ def prepare_chatml_sample(
 def transcript_span(input_ids: list[int], label_ids: list[int], tokenizer: TextTokenizer) -> tuple[int, int] | None:
     """Token span [start, end) of the text spoken by the last trained `<|AUDIO_OUT|>`: the text of the user
     message before it (None when no audio is trained or no user text precedes it)."""
-    out_id, eot = tokenizer.token_id("<|AUDIO_OUT|>"), tokenizer.token_id("<|eot_id|>")
+    out_id = tokenizer.token_id("<|AUDIO_OUT|>")
     trained = [i for i, (t, label) in enumerate(zip(input_ids, label_ids)) if t == out_id and label != IGNORE_INDEX]
-    if not trained:
-        return None
+    return last_user_text(input_ids, trained[-1], tokenizer) if trained else None
+
+
+def last_user_text(input_ids: list[int], before: int, tokenizer: TextTokenizer) -> tuple[int, int] | None:
+    """Token span [start, end) of the text of the last user message before position `before` (None if none):
+    the transcript a generation prompt ending at `before` asks to speak."""
+    eot = tokenizer.token_id("<|eot_id|>")
     header = tokenizer.encode(_header("user"))
-    starts = [i + len(header) for i in range(trained[-1] - len(header), -1, -1) if input_ids[i:i + len(header)] == header]
+    starts = [i + len(header) for i in range(before - len(header), -1, -1) if input_ids[i:i + len(header)] == header]
     if not starts:
         return None
     start = starts[0]

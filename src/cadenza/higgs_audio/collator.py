@@ -7,7 +7,9 @@ expects): the text head learns the next text token, the audio head the next dela
 `<|AUDIO_OUT|>`, stream-BOS fill excluded, the EOS staircase included (so the model learns to stop).
 Alignment labels, for the model's guided-attention loss, say in frames of the trained audio where each token
 of the transcript it speaks is spoken (`ChatMLDatasetSample.transcript_frames`) and which frame each trained
-audio position predicts (codebook 0 of frame t at the t-th position of its delayed span).
+audio position predicts (codebook 0 of frame t at the t-th position of its delayed span). For a model with a
+transcript pointer, every trained audio position also carries the transcript token spoken at the frame it
+predicts (`spoken_ids`) and how many sounding tokens further the next position's token is (`pointer_labels`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class ExpandedSample:
     # (2, L): row 0 the frame of the trained audio at which a transcript token is spoken, row 1 the frame a
     # trained audio position predicts; -1 elsewhere.
     alignment_labels: np.ndarray
+    spoken_ids: np.ndarray  # (L,) transcript token spoken at the frame a trained audio position predicts; -1 elsewhere
+    pointer_labels: np.ndarray  # (L,) steps from that token to the next position's, -100 where none
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -43,7 +47,8 @@ class ExpandedSample:
     def positions(self, span: slice) -> ExpandedSample:
         """The positions `span` of this sample."""
         return ExpandedSample(self.input_ids[span], self.audio_codes[:, span], self.audio_mask[span],
-                              self.text_labels[span], self.audio_labels[:, span], self.alignment_labels[:, span])
+                              self.text_labels[span], self.audio_labels[:, span], self.alignment_labels[:, span],
+                              self.spoken_ids[span], self.pointer_labels[span])
 
 
 def expand_sample(sample: ChatMLDatasetSample, config: HiggsAudioConfig) -> ExpandedSample:
@@ -84,12 +89,29 @@ def expand_sample(sample: ChatMLDatasetSample, config: HiggsAudioConfig) -> Expa
     audio_labels = np.full_like(frame_targets, IGNORE)
     text_labels[:-1], audio_labels[:, :-1] = token_targets[1:], frame_targets[:, 1:]
     alignment_labels = np.full((2, len(ids)), -1.0, np.float32)
+    spoken_ids, pointer_labels = np.full(len(ids), -1, np.int64), np.full(len(ids), IGNORE, np.int64)
     if sample.transcript_span is not None and target is not None:
         start, end = (expanded_at[i] for i in sample.transcript_span)
-        alignment_labels[0, start:end] = sample.transcript_frames
-        alignment_labels[1, target[0]:target[1]] = np.arange(target[1] - target[0])
+        frames, trained = np.asarray(sample.transcript_frames), slice(*target)
+        alignment_labels[0, start:end] = frames
+        alignment_labels[1, trained] = np.arange(target[1] - target[0])
+        sounding = frames >= 0
+        if sounding.any():
+            pointer, pointer_labels[trained] = transcript_pointer(frames[sounding], target[1] - target[0],
+                                                                  config.pointer_max_step)
+            spoken_ids[trained] = np.asarray(sample.input_ids[slice(*sample.transcript_span)])[sounding][pointer]
     return ExpandedSample(np.asarray(ids, np.int64), np.concatenate(codes, axis=1), np.concatenate(mask),
-                          text_labels, audio_labels, alignment_labels)
+                          text_labels, audio_labels, alignment_labels, spoken_ids, pointer_labels)
+
+
+def transcript_pointer(middles: np.ndarray, n_frames: int, max_step: int) -> tuple[np.ndarray, np.ndarray]:
+    """For sounding tokens spoken around frames `middles` (increasing): the token spoken at each frame
+    0..n_frames-1 (the one whose middle is nearest) and the steps from it to the next frame's (at most
+    max_step; -100 at the last frame)."""
+    pointer = np.searchsorted((middles[1:] + middles[:-1]) / 2, np.arange(n_frames), side="right")
+    steps = np.full(n_frames, IGNORE, np.int64)
+    steps[:-1] = np.minimum(np.diff(pointer), max_step)
+    return pointer, steps
 
 
 class HiggsAudioSampleCollator:
@@ -117,6 +139,8 @@ class HiggsAudioSampleCollator:
             "text_labels": torch.full((batch, length), IGNORE, dtype=torch.long),
             "audio_labels": torch.full((batch, n_q, length), IGNORE, dtype=torch.long),
             "alignment_labels": torch.full((batch, 2, length), -1.0),
+            "spoken_ids": torch.full((batch, length), -1, dtype=torch.long),
+            "pointer_labels": torch.full((batch, length), IGNORE, dtype=torch.long),
         }
         for row, e in enumerate(expanded):
             span = slice(length - len(e), length) if self.pad_left else slice(0, len(e))
@@ -127,5 +151,7 @@ class HiggsAudioSampleCollator:
             out["text_labels"][row, span] = torch.from_numpy(e.text_labels)
             out["audio_labels"][row, :, span] = torch.from_numpy(e.audio_labels)
             out["alignment_labels"][row, :, span] = torch.from_numpy(e.alignment_labels)
+            out["spoken_ids"][row, span] = torch.from_numpy(e.spoken_ids)
+            out["pointer_labels"][row, span] = torch.from_numpy(e.pointer_labels)
         return out
 

@@ -105,6 +105,8 @@ class HiggsAudioDecoder:
             # Widened one codebook's rows at a time: those fit in the L2 cache, the whole head does not.
             chunks = [head] if weight_dtype == torch.float32 else head.split(self.stream_vocab)
             self.audio_head = [self._store(w) for w in chunks]
+            pointer = getattr(model, "pointer_head", None)
+            self.pointer_head = pointer.weight.detach().float() if pointer is not None else None
             self.layers = [self._layer(layer) for layer in model.layers]
         # All widened weights share one buffer: it stays in L2 instead of a buffer per shape crowding L3.
         if self._scratch:
@@ -195,11 +197,13 @@ class HiggsAudioDecoder:
 
     @torch.inference_mode()
     def step(self, state: DecodeState, input_ids: torch.Tensor | None = None,
-             audio_codes: torch.Tensor | None = None, audio_rows: torch.Tensor | None = None) -> torch.Tensor:
+             audio_codes: torch.Tensor | None = None, audio_rows: torch.Tensor | None = None,
+             spoken_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Feed one position per row; return the final-norm hidden states (B, D).
 
         All rows text: give input_ids (B,). All rows audio frames: give audio_codes (B, n_q). Mixed: give
         both and audio_rows (B,) bool (the text id at an audio row and the codes at a text row are ignored).
+        spoken_ids (B,): for a model with a transcript pointer, the transcript token each row speaks (-1: none).
         """
         cache = state.cache
         if cache.length >= cache.max_len:
@@ -215,6 +219,8 @@ class HiggsAudioDecoder:
             mode = "mixed"
             text_idx, audio_idx = (~audio_rows).nonzero().squeeze(1), audio_rows.nonzero().squeeze(1)
 
+        if spoken_ids is not None and self.pointer_head is not None:
+            x = x + F.embedding(spoken_ids.clamp(min=0), self.embed_tokens) * (spoken_ids >= 0)[:, None]
         batch = x.shape[0]
         at, end = cache.length, cache.length + 1
         rotary = self.rotary[state.positions]  # (B, 2, head_dim)
@@ -288,6 +294,11 @@ class HiggsAudioDecoder:
         logits = [self._linear(hidden, w) for w in self.audio_head]
         logits = logits[0] if len(logits) == 1 else torch.cat(logits, dim=-1)
         return logits.view(*hidden.shape[:-1], self.n_q, self.stream_vocab)
+
+    @torch.inference_mode()
+    def pointer_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits (B, pointer_max_step + 1) of the transcript pointer's next step, from step hidden states (B, D)."""
+        return F.linear(hidden, self.pointer_head)
 
 
 __all__ = ["DecodeState", "HiggsAudioDecoder"]

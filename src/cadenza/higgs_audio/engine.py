@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from cadenza.core.sampling import make_generator
-from cadenza.higgs_audio.chatml import AudioContent, ChatMLSample, prepare_chatml_sample
+from cadenza.higgs_audio.aligner import sounding
+from cadenza.higgs_audio.chatml import AudioContent, ChatMLSample, last_user_text, prepare_chatml_sample
 from cadenza.higgs_audio.collator import HiggsAudioSampleCollator, expand_sample
 from cadenza.higgs_audio.dataset import ChatMLDatasetSample
 from cadenza.higgs_audio.decoding import HiggsAudioDecoder
@@ -98,6 +99,8 @@ class _Row:
     text_tokens: list[int] = field(default_factory=list)
     columns: list[torch.Tensor] = field(default_factory=list)
     finish_reason: str | None = None
+    reading: list[int] = field(default_factory=list)  # the transcript's sounding tokens (transcript pointer)
+    pointer: int = 0  # index in `reading` of the token being spoken
 
 
 class HiggsAudioServeEngine:
@@ -238,13 +241,15 @@ class HiggsAudioServeEngine:
                                              prompt.label_ids + [-100], prompt.audio_codes)
             expanded.append(expand_sample(prompt, cfg))
         rows = [_Row(s, len(e), make_generator(s.seed)) for e, s in zip(expanded, settings)]
-        for row, e in zip(rows, expanded):
+        for row, e, prompt in zip(rows, expanded, prompts):
             row.audio = int(e.input_ids[-1]) == cfg.audio_out_bos_token_id
+            row.reading = self._reading(prompt.input_ids)
         sampler = BatchSampler(settings, [row.generator for row in rows], cfg.audio_num_codebooks,
                                cfg.audio_stream_bos_id, cfg.audio_stream_eos_id)
         longest = max(s.max_new_tokens for s in settings)
         feed_codes = torch.full((len(rows), cfg.audio_num_codebooks), cfg.audio_stream_bos_id, device=self.device)
         feed_ids = torch.full((len(rows),), cfg.pad_token_id, device=self.device)
+        feed_spoken = torch.full((len(rows),), -1, device=self.device)
         # inference_mode per step, not around the loop: a stream resumes this generator in worker threads,
         # and the mode is thread-local.
         with torch.inference_mode():
@@ -252,7 +257,7 @@ class HiggsAudioServeEngine:
             state = self.decoder.start(cache, attention, shared)
         for step in range(longest):
             with torch.inference_mode():
-                fed = self._next(rows, hidden, step, sampler, feed_codes, feed_ids)
+                fed = self._next(rows, hidden, step, sampler, feed_codes, feed_ids, feed_spoken)
             for row in rows:  # a row's last step carries its finish reason, so a stream can flush on it
                 if row.finish_reason is None and step + 1 >= row.settings.max_new_tokens:
                     row.finish_reason = "length"
@@ -260,7 +265,7 @@ class HiggsAudioServeEngine:
             if all(row.finish_reason is not None for row in rows):
                 return
             with torch.inference_mode():
-                hidden = self._feed(state, rows, fed, feed_codes, feed_ids)
+                hidden = self._feed(state, rows, fed, feed_codes, feed_ids, feed_spoken)
 
     def _prefill(self, expanded: list, longest: int) -> tuple[KVCache, torch.Tensor, torch.Tensor, int]:
         """Run the prompts through the model into a new KV cache with room for `longest` more positions:
@@ -306,10 +311,19 @@ class HiggsAudioServeEngine:
             same &= (e.audio_codes[:, :limit] == first.audio_codes[:, :limit]).all(axis=0)
         return int(np.argmin(same)) if not same.all() else limit
 
+    def _reading(self, input_ids: list[int]) -> list[int]:
+        """The sounding tokens of the transcript a prompt asks to speak, for a model with a transcript pointer."""
+        span = last_user_text(input_ids, len(input_ids), self.tokenizer) if self.config.transcript_pointer else None
+        if span is None:
+            return []
+        ids = input_ids[span[0]:span[1]]
+        return [ids[i] for i in sounding(self.tokenizer, ids)]
+
     def _next(self, rows: list[_Row], hidden: torch.Tensor, step: int, sampler: BatchSampler,
-              feed_codes: torch.Tensor, feed_ids: torch.Tensor) -> list[tuple[str, object]]:
+              feed_codes: torch.Tensor, feed_ids: torch.Tensor, feed_spoken: torch.Tensor) -> list[tuple[str, object]]:
         """What every row feeds next, sampled from its logits: ('text', id), ('audio', column (n_q,)) or
-        ('none', None) once it is done. Updates the rows, and feed_codes/feed_ids at the rows that feed."""
+        ('none', None) once it is done. Updates the rows, and feed_codes/feed_ids/feed_spoken at the rows
+        that feed."""
         fed: list[tuple[str, object]] = [("none", None)] * len(rows)
         audio, text = [], []
         for i, row in enumerate(rows):
@@ -335,6 +349,10 @@ class HiggsAudioServeEngine:
                     row.finish_reason = "stop"
                 row.columns.append(column)
                 fed[i] = ("audio", column)
+            self._move_pointers([rows[i] for i in audio], hidden if every_row else hidden[audio])
+            for i in audio:
+                if rows[i].reading:
+                    feed_spoken[i] = rows[i].reading[rows[i].pointer]
         if text:
             tokens = sampler.text_tokens(text, self.decoder.text_logits(hidden[text])).tolist()
             for i, token in zip(text, tokens):
@@ -348,17 +366,28 @@ class HiggsAudioServeEngine:
                 fed[i] = ("text", token)
         return fed
 
+    def _move_pointers(self, rows: list[_Row], hidden: torch.Tensor) -> None:
+        """Move each row's transcript pointer by a step sampled from the pointer head (a row's first frame
+        starts at the first token); the row's generator keeps a seeded request reproducible."""
+        if self.decoder.pointer_head is None:
+            return
+        probs = self.decoder.pointer_logits(hidden).softmax(-1)
+        for row, p in zip(rows, probs):
+            if row.reading and len(row.columns) > 1:
+                moved = row.pointer + int(torch.multinomial(p, 1, generator=row.generator))
+                row.pointer = min(moved, len(row.reading) - 1)
+
     def _feed(self, state, rows: list[_Row], fed: list[tuple[str, object]], feed_codes: torch.Tensor,
-              feed_ids: torch.Tensor) -> torch.Tensor:
+              feed_ids: torch.Tensor, feed_spoken: torch.Tensor) -> torch.Tensor:
         """One decoder step feeding what the rows just sampled; a row that fed nothing (it is done) is fed
         a dummy of the other rows' kind, so that the common all-audio step needs no routing."""
         kinds = {kind for kind, _ in fed if kind != "none"}
         if kinds == {"audio"}:
-            return self.decoder.step(state, audio_codes=feed_codes)
+            return self.decoder.step(state, audio_codes=feed_codes, spoken_ids=feed_spoken)
         if kinds == {"text"}:
             return self.decoder.step(state, input_ids=feed_ids)
         audio_rows = torch.tensor([kind == "audio" for kind, _ in fed], device=self.device)
-        return self.decoder.step(state, feed_ids, feed_codes, audio_rows)
+        return self.decoder.step(state, feed_ids, feed_codes, audio_rows, spoken_ids=feed_spoken)
 
     def _hit_stop_string(self, row: _Row) -> bool:
         if not row.settings.stop_strings:

@@ -206,6 +206,7 @@ class HiggsAudioOutput(ModelOutput):
     text_loss: torch.Tensor | None = None
     audio_loss: torch.Tensor | None = None
     alignment_loss: torch.Tensor | None = None  # mean guided-attention loss of the guided layers
+    pointer_loss: torch.Tensor | None = None  # transcript pointer cross-entropy (config.transcript_pointer)
     audio_codebook_losses: torch.Tensor | None = None  # [n_q] unweighted mean cross-entropy per codebook
     hidden_states: torch.Tensor | None = None  # [B, L, hidden], after the final norm
     past_key_values: KVCache | None = None
@@ -237,6 +238,8 @@ class HiggsAudioModel(PreTrainedModel):
         self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.text_lm_head = nn.Linear(config.hidden_size, config.text_vocab_size, bias=False)
         self.audio_lm_head = nn.Linear(config.hidden_size, self.n_q * self.stream_vocab, bias=False)
+        if config.transcript_pointer:
+            self.pointer_head = nn.Linear(config.hidden_size, config.pointer_max_step + 1, bias=False)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -273,11 +276,15 @@ class HiggsAudioModel(PreTrainedModel):
         text_labels: torch.LongTensor | None = None,
         audio_labels: torch.LongTensor | None = None,
         alignment_labels: torch.Tensor | None = None,
+        spoken_ids: torch.LongTensor | None = None,
+        pointer_labels: torch.LongTensor | None = None,
     ) -> HiggsAudioOutput:
         """Run the decoder on input_ids [B, L] (audio frames audio_codes [B, n_q, L] where audio_mask [B, L]).
 
         attention_mask [B, past + L] marks real positions (1) and padding (0); labels are already
-        shifted (`text_labels[b, t]` is the target of the output at t), -100 = ignored.
+        shifted (`text_labels[b, t]` is the target of the output at t), -100 = ignored. With a transcript
+        pointer, spoken_ids [B, L] is the transcript token spoken at each audio position's frame (-1: none) and
+        pointer_labels [B, L] the pointer's next step; both are ignored by a model without one.
         """
         B, L = input_ids.shape
         past = past_key_values.length if past_key_values is not None else 0
@@ -289,6 +296,9 @@ class HiggsAudioModel(PreTrainedModel):
             raise ValueError("audio_mask marks audio positions but no audio_codes were given")
         has_audio = audio_mask is not None and audio_codes is not None
         x = self._embed(input_ids, audio_codes, audio_mask) if has_audio else self.embed_tokens(input_ids)
+        pointer = self.config.transcript_pointer
+        if pointer and spoken_ids is not None:
+            x = x + self.embed_tokens(spoken_ids.clamp(min=0)) * (spoken_ids >= 0)[..., None].to(x.dtype)
 
         if position_ids is None:
             if attention_mask is not None:  # left padding: count only real positions
@@ -309,15 +319,20 @@ class HiggsAudioModel(PreTrainedModel):
             past_key_values.length += L
         hidden = self.norm(x)
 
-        text_loss = self._text_loss(hidden, text_labels) if text_labels is not None else None
+        text_loss = self._head_loss(self.text_logits, hidden, text_labels) if text_labels is not None else None
         audio_loss, codebook_losses = self._audio_loss(hidden, audio_labels) if audio_labels is not None else (None, None)
         alignment_loss = torch.stack(guide_losses).mean() if guide_losses else None
+        pointer_loss = (self._head_loss(self.pointer_head, hidden, pointer_labels)
+                        if pointer and pointer_labels is not None else None)
         losses = [loss for loss in (text_loss, audio_loss) if loss is not None]
         if alignment_loss is not None:
             losses.append(self.config.guided_attention_weight * alignment_loss)
+        if pointer_loss is not None:
+            losses.append(self.config.pointer_loss_weight * pointer_loss)
         return HiggsAudioOutput(loss=sum(losses) if losses else None, text_loss=text_loss, audio_loss=audio_loss,
-                                alignment_loss=alignment_loss, audio_codebook_losses=codebook_losses,
-                                hidden_states=hidden, past_key_values=past_key_values)
+                                alignment_loss=alignment_loss, pointer_loss=pointer_loss,
+                                audio_codebook_losses=codebook_losses, hidden_states=hidden,
+                                past_key_values=past_key_values)
 
     def _embed(self, input_ids: torch.LongTensor, audio_codes: torch.LongTensor,
                audio_mask: torch.BoolTensor) -> torch.Tensor:
@@ -351,12 +366,13 @@ class HiggsAudioModel(PreTrainedModel):
         # NaN (which then leaks into real positions through the values): let every query see itself.
         return allowed | (key_pos == query_pos)
 
-    def _text_loss(self, hidden: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
-        """Mean text cross-entropy, with the text head run only at labelled positions."""
+    @staticmethod
+    def _head_loss(head: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor,
+                   labels: torch.LongTensor) -> torch.Tensor:
+        """Mean cross-entropy of a head (text, pointer) over labelled positions, run only at those."""
         labelled = labels != IGNORE_INDEX
-        logits = self.text_logits(hidden[labelled]).float()
-        loss = F.cross_entropy(logits, labels[labelled], reduction="sum")
-        return loss / labelled.sum().clamp(min=1)
+        logits = head(hidden[labelled]).float()
+        return F.cross_entropy(logits, labels[labelled], reduction="sum") / labelled.sum().clamp(min=1)
 
     def _audio_loss(self, hidden: torch.Tensor, labels: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean cross-entropy over labelled (position, codebook) entries, weighted per codebook by

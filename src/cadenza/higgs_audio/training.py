@@ -118,7 +118,7 @@ class SpeechLMModule(L.LightningModule):
 
 def _losses(out, stage: str) -> dict[str, torch.Tensor]:
     """The output's losses as `stage/name`; in validation also each codebook's (`val/audio_loss_cb0`, ...)."""
-    names = ("loss", "text_loss", "audio_loss", "alignment_loss")
+    names = ("loss", "text_loss", "audio_loss", "alignment_loss", "pointer_loss")
     logged = {f"{stage}/{name}": getattr(out, name) for name in names if getattr(out, name) is not None}
     if stage == "val" and out.audio_codebook_losses is not None:
         logged.update({f"val/audio_loss_cb{k}": loss for k, loss in enumerate(out.audio_codebook_losses)})
