@@ -26,7 +26,7 @@ from cadenza.higgs_audio.training import TOKENIZER_FILE, SpeechLMModule
 def codebook_losses(model, collator, samples) -> torch.Tensor:
     """Mean cross-entropy [n_q] of the trained audio of `samples`."""
     batch = collator(samples)
-    out = model(**{k: v for k, v in batch.items() if k not in ("text_labels", "alignment_labels")})
+    out = model(**{k: v for k, v in batch.items() if k not in ("text_labels", "alignment_labels", "pointer_labels")})
     return out.audio_codebook_losses
 
 
@@ -46,15 +46,17 @@ def main() -> None:
     collator = HiggsAudioSampleCollator(model.config)
     rows = random.Random(0).sample(data.rows, min(args.n, len(data.rows)))
 
-    def sample(row: dict, text: str):
+    def sample(row: dict, text: str, frames: list[float] | None = None):
         conversation, codes = data.conversation(dict(row, text=text), random.Random(0))  # plain: no reference
-        return tokenize_sample(conversation, tokenizer, codes)
+        return tokenize_sample(conversation, tokenizer, codes, frames)
 
+    # A model with a transcript pointer reads the right transcript where the aligner heard each token, and
+    # another one spread over the audio by rough durations.
     right, other = [], []
     for start in range(0, len(rows), 8):
         group = rows[start : start + 8]
         neighbours = group[1:] + group[:1]  # each utterance's audio with its neighbour's transcript
-        right.append(codebook_losses(model, collator, [sample(r, r["text"]) for r in group]))
+        right.append(codebook_losses(model, collator, [sample(r, r["text"], data.frames.get(r["id"])) for r in group]))
         other.append(codebook_losses(model, collator, [sample(r, n["text"]) for r, n in zip(group, neighbours)]))
     for name, losses in (("right transcript", right), ("other transcript", other)):
         mean = torch.stack(losses).mean(0)
