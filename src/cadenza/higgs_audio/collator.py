@@ -97,8 +97,8 @@ def expand_sample(sample: ChatMLDatasetSample, config: HiggsAudioConfig) -> Expa
         alignment_labels[1, trained] = np.arange(target[1] - target[0])
         sounding = frames >= 0
         if sounding.any():
-            pointer, pointer_labels[trained] = transcript_pointer(frames[sounding], target[1] - target[0],
-                                                                  config.pointer_max_step)
+            pointer, steps = transcript_pointer(frames[sounding], target[1] - target[0], config.pointer_max_step)
+            pointer_labels[trained] = steps
             spoken_ids[trained] = np.asarray(sample.input_ids[slice(*sample.transcript_span)])[sounding][pointer]
     return ExpandedSample(np.asarray(ids, np.int64), np.concatenate(codes, axis=1), np.concatenate(mask),
                           text_labels, audio_labels, alignment_labels, spoken_ids, pointer_labels)
