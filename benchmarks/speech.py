@@ -9,6 +9,8 @@ depend on when a (possibly untrained) model would stop. Measured in one process,
 - (a) real-time factor at batch 1 = wall seconds (decode steps + codec decode) / seconds of audio, target <= 0.1.
   Baseline `no_kv_cache`: the same model re-running the whole prefix every step; its step time is measured
   at 5 prefix lengths spread over the same decode and projected to all steps (a full run would take minutes).
+  (a) and (b) are measured for a voice the engine has read before (its reference's KV cache kept: the
+  steady state of a server or a batch file) and, as baseline `cold`, for the first request with that voice.
 - (b) time to first streamed audio from `stream_prompt` (prefill, the decode steps until the delay pattern
   and the codec's lookahead release the first frame, and that frame's decode), target <= 250 ms.
 - (c) throughput at batch `--batch` in audio seconds per wall second; baseline: batch 1 in the same run;
@@ -284,21 +286,28 @@ def main() -> None:
                 return n, prefill
         raise RuntimeError("the stream produced no audio")
 
+    def cold(fn):
+        """`fn` on an engine that has not read this voice's reference before (its prefix cache emptied)."""
+        return lambda: engine._prefix_cache.clear() or fn()
+
     unshared = f"batch_{args.batch}_no_prefix_sharing"
-    runs = {"batch_1": batch_of(1), f"batch_{args.batch}": batch_of(args.batch), unshared: batch_of(args.batch, False),
-            "first_audio": first_audio}
+    runs = {"batch_1": batch_of(1), "batch_1_cold": cold(batch_of(1)), f"batch_{args.batch}": batch_of(args.batch),
+            unshared: batch_of(args.batch, False), "first_audio": first_audio, "first_audio_cold": cold(first_audio)}
     batch_of(1)()  # warm-up
     first_audio()
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
-    outputs, first_audio_runs = {}, []
+    outputs, first_audio_runs, outputs_cold = {}, [], []
     for _ in range(args.rounds):  # alternate, so changes in machine load hit every variant alike
         for name, fn in runs.items():
             wall, cpu, outputs[name] = timed(fn)
             times[name].append((wall, cpu))
             if name == "first_audio":
                 first_audio_runs.append(outputs[name])
+            if name == "first_audio_cold":
+                outputs_cold.append(outputs[name])
     median = {name: statistics.median(w for w, _ in v) for name, v in times.items()}
     prefill_s = statistics.median(p for _, p in first_audio_runs)
+    prefill_cold_s = statistics.median(p for _, p in outputs_cold)
     median_cpu = {name: statistics.median(c for _, c in v) for name, v in times.items()}
 
     # Baseline (a): the same decode without a KV cache, projected from 5 timed steps, plus the same codec decode.
@@ -309,28 +318,31 @@ def main() -> None:
     no_cache_total = statistics.mean(s for _, s in no_cache) * steps + codec_seconds
     step_ms = step_comparison(engine, prompt, [1, args.batch], steps, args.rounds)
     # What batching cannot share: every request's prefill and codec decode (decode steps taken as free).
-    ceiling = median["batch_1"] / (prefill_s + codec_seconds)
+    ceiling = median["batch_1"] / (prefill_cold_s + codec_seconds)
 
     rtf = median["batch_1"] / audio_seconds
     rtf_cpu = median_cpu["batch_1"] / audio_seconds
+    rtf_cold = median["batch_1_cold"] / audio_seconds
     rtf_no_cache = no_cache_total / audio_seconds
     throughput_1 = audio_seconds / median["batch_1"]
     throughput_b = args.batch * audio_seconds / median[f"batch_{args.batch}"]
     throughput_unshared = args.batch * audio_seconds / median[unshared]
-    first_ms = 1000 * median["first_audio"]
+    first_ms, first_cold_ms = 1000 * median["first_audio"], 1000 * median["first_audio_cold"]
     result = {
         "model": source,
         "params": sum(p.numel() for p in engine.model.parameters()),
         "prompt_positions": len(expand_sample(prompt, engine.config)),
         "frames": args.frames, "audio_seconds": audio_seconds, "decode_steps": steps,
         "batch": args.batch, "threads": args.threads, "rounds": args.rounds,
-        "rtf_batch_1": round(rtf, 4), "rtf_batch_1_cpu": round(rtf_cpu, 4),
+        "rtf_batch_1": round(rtf, 4), "rtf_batch_1_cpu": round(rtf_cpu, 4), "rtf_batch_1_cold": round(rtf_cold, 4),
+        "ratio_cold_over_ours": round(rtf_cold / rtf, 2),
         "rtf_no_kv_cache_projected": round(rtf_no_cache, 4),
         "ratio_no_kv_cache_over_ours": round(rtf_no_cache / rtf, 2),
         "no_kv_cache_step_seconds": [{"prefix": p, "seconds": round(s, 4)} for p, s in no_cache],
         "codec_decode_seconds": round(codec_seconds, 4),
         "first_audio_ms": round(first_ms, 1), "first_audio_steps": outputs["first_audio"][0],
         "prefill_ms": round(1000 * prefill_s, 1),
+        "first_audio_cold_ms": round(first_cold_ms, 1), "prefill_cold_ms": round(1000 * prefill_cold_s, 1),
         "codec_lookahead_frames": engine.audio_tokenizer.lookahead_frames,
         "throughput_audio_s_per_s": {"batch_1": round(throughput_1, 3), f"batch_{args.batch}": round(throughput_b, 3),
                                      unshared: round(throughput_unshared, 3)},
@@ -341,7 +353,9 @@ def main() -> None:
         "ratio_ceiling_prefix_shared": round(median["batch_1"] / codec_seconds, 2),
         "step_ms": step_ms,
         "targets": TARGETS,
-        "meets_target": {"rtf": rtf <= TARGETS["rtf"], "first_audio_ms": first_ms <= TARGETS["first_audio_ms"],
+        "meets_target": {"rtf": rtf <= TARGETS["rtf"], "rtf_cold": rtf_cold <= TARGETS["rtf"],
+                         "first_audio_ms": first_ms <= TARGETS["first_audio_ms"],
+                         "first_audio_cold_ms": first_cold_ms <= TARGETS["first_audio_ms"],
                          "batch_speedup": throughput_b / throughput_1 >= TARGETS["batch_speedup"]},
         "load_average_at_end": os.getloadavg()[0], "cpu_count": os.cpu_count(),
         "machine": f"{platform.machine()} {platform.python_version()}", "torch": torch.__version__,
@@ -353,8 +367,12 @@ def main() -> None:
         ("RTF batch 1 (incl. codec)", f"{rtf:.3f}", f"{rtf_no_cache:.3f}", "no KV cache (projected)",
          f"{rtf_no_cache / rtf:.1f}x", "<= 0.1"),
         ("RTF batch 1, CPU time", f"{rtf_cpu:.3f}", "", "", "", ""),
-        ("time to first audio (ms)", f"{first_ms:.0f}", "",
-         f"{outputs['first_audio'][0]} steps, prefill {1000 * prefill_s:.0f} ms", "", "<= 250"),
+        ("RTF batch 1, voice read before", f"{rtf:.3f}", f"{rtf_cold:.3f}", "first request of a voice",
+         f"{rtf_cold / rtf:.2f}x", ""),
+        ("time to first audio (ms)", f"{first_ms:.0f}", f"{first_cold_ms:.0f}", "first request of a voice",
+         f"{first_cold_ms / first_ms:.2f}x", "<= 250"),
+        ("  of which prefill (ms)", f"{1000 * prefill_s:.0f}", f"{1000 * prefill_cold_s:.0f}",
+         f"{outputs['first_audio'][0]} steps to first audio", "", ""),
         (f"audio s / wall s, batch {args.batch}", f"{throughput_b:.2f}", f"{throughput_1:.2f}", "batch 1",
          f"{throughput_b / throughput_1:.1f}x", f">= 10x (ceiling {median['batch_1'] / codec_seconds:.1f}x)"),
         ("  same, no prefix sharing", f"{throughput_unshared:.2f}", f"{throughput_1:.2f}", "batch 1",

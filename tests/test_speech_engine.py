@@ -165,8 +165,27 @@ def test_prompts_sharing_a_voice_prefill_it_once_and_match_alone(engine, joe, mo
     assert shared[-1] > joe.codes.shape[1]  # the whole reference is in the shared prefix
     for prompt, s, b in zip(prompts, settings, batched):
         alone = engine.generate_prompts([prompt], s)[0]
-        assert shared[-1] == 0
+        assert shared[-1] <= shared[0]  # alone: the prefix up to the reference's end
         np.testing.assert_array_equal(alone.generated_audio_tokens, b.generated_audio_tokens)
+
+
+def test_a_voice_reference_is_read_once_across_requests(tmp_path, monkeypatch):
+    """The prompt prefix up to a reference clip's end is kept: the next request with that voice runs only the
+    rest of its prompt through the model, and gives what a fresh engine gives."""
+    engine = HiggsAudioServeEngine(build_tiny_speech_model(tmp_path))
+    joe = voice_reference(engine, "joe")
+    first = engine.generate_prompts([_prompt(engine, SENTENCES[1], {0: joe})], _settings(12, 3))[0]
+    prompt = _prompt(engine, SENTENCES[2], {0: joe})
+    prefilled = []
+    forward = engine.model.forward
+    monkeypatch.setattr(engine.model, "forward", lambda **kw: prefilled.append(kw["input_ids"].shape[1]) or forward(**kw))
+    warm = engine.generate_prompts([prompt], _settings(12, 4))[0]
+    monkeypatch.undo()
+    assert len(engine._prefix_cache) == 1 and first.generated_audio_tokens.size
+    assert sum(prefilled) < len(expand_sample(prompt, engine.config)) - joe.codes.shape[1]
+    fresh = HiggsAudioServeEngine(build_tiny_speech_model(tmp_path / "again"))
+    cold = fresh.generate_prompts([_prompt(fresh, SENTENCES[2], {0: voice_reference(fresh, "joe")})], _settings(12, 4))[0]
+    np.testing.assert_array_equal(warm.generated_audio_tokens, cold.generated_audio_tokens)
 
 
 # ----------------------------------------------------------------------------------- the delay pattern

@@ -12,10 +12,12 @@ gives the same result alone or in a batch (up to float rounding). Streamed delta
 delayed frames are reverted incrementally and decoded chunk by chunk, and the chunks concatenate to
 exactly the audio of `generate` (the original streamed raw frames no client could decode, its #135).
 
-Speed: the prompt is prefilled by `HiggsAudioModel.forward` (prompts of a batch that begin alike, such as
-requests cloning one voice, share that prefix: computed once, read once per step); every step after it is
-a `HiggsAudioDecoder.step` (decoding.py) into the same KV cache, and all rows are sampled together by a
-`BatchSampler` (sampler.py). A stream releases each frame with the column that completes it.
+Speed: the prompt is prefilled by `HiggsAudioModel.forward`. Prompts of a batch that begin alike (requests
+cloning one voice) share that prefix: computed once, read once per step. The prefix up to the end of the
+voice reference is also kept for later requests, so a voice's reference is read once, not per request.
+Every step after the prefill is a `HiggsAudioDecoder.step` (decoding.py) into the same KV cache, and all
+rows are sampled together by a `BatchSampler` (sampler.py). A stream releases each frame with the column
+that completes it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from cadenza.higgs_audio.sampler import BatchSampler
 from cadenza.higgs_audio.text import TextTokenizer
 
 CODES_CACHE_SIZE = 64  # reference clips whose codes an engine keeps
+PREFIX_CACHE_SIZE = 8  # prompt prefixes up to their reference clips whose KV cache an engine keeps
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "pretrained" / "higgs_audio_small"
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -127,6 +130,7 @@ class HiggsAudioServeEngine:
         self.collator = HiggsAudioSampleCollator(self.config, pad_left=True, round_to=1)
         self.sampling_rate = self.audio_tokenizer.sampling_rate
         self._codes_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()  # reference clips, newest last
+        self._prefix_cache: OrderedDict[bytes, tuple[list, list]] = OrderedDict()  # prefixes' (keys, values)
         stops = ("<|eot_id|>", "<|end_of_text|>")
         self._stop_ids = {self.tokenizer.token_id(t) for t in stops}
 
@@ -272,10 +276,13 @@ class HiggsAudioServeEngine:
         (cache, attention mask, last hidden states (B, D), shared prefix length).
 
         Prompts of a batch often begin alike (the same voice reference, system message and history): their
-        common prefix is computed once and copied to every row, then only the rest is run batched.
+        common prefix is computed once and copied to every row, then only the rest is run batched. The part
+        up to the end of the last reference clip is also kept across calls (`_prefix_kv`), so a voice's
+        next request starts from its reference already read.
         """
         cfg = self.config
-        shared = self._common_prefix(expanded)
+        reference = min(_reference_end(e) for e in expanded)
+        shared = self._common_prefix(expanded) if len(expanded) > 1 else reference
         if shared < self.min_shared_prefix:
             shared, rest = 0, expanded
         else:
@@ -286,10 +293,7 @@ class HiggsAudioServeEngine:
         cache = KVCache(cfg, len(expanded), shared + suffix_mask.shape[1] + longest + 1, dtype=torch.float32,
                         device=self.device)
         if shared:
-            prefix = self.collator.pad([expanded[0].positions(slice(0, shared))])
-            prefix_cache = KVCache(cfg, 1, shared, dtype=torch.float32, device=self.device)
-            self.model(**{k: v.to(self.device) for k, v in prefix.items() if k in inputs},
-                       past_key_values=prefix_cache)
+            prefix_cache = self._prefix_kv(expanded[0], min(reference, shared), shared, list(inputs))
             for keys, values, k, v in zip(cache.keys, cache.values, prefix_cache.keys, prefix_cache.values):
                 keys[:, :, :shared] = k
                 values[:, :, :shared] = v
@@ -298,6 +302,33 @@ class HiggsAudioServeEngine:
         attention = torch.cat([ones, suffix_mask], dim=1)
         hidden = self.model(**inputs, attention_mask=attention, past_key_values=cache).hidden_states[:, -1]
         return cache, attention, hidden.float(), shared
+
+    def _prefix_kv(self, prompt, kept: int, shared: int, input_names: list[str]) -> KVCache:
+        """The KV cache (batch 1) of `prompt`'s first `shared` positions. The first `kept` of them come from
+        the engine's cache of recent prefixes when they were computed before, else are computed and stored
+        there (at most PREFIX_CACHE_SIZE prefixes, least recently used dropped first)."""
+        def run(span: slice) -> None:
+            inputs = self.collator.pad([prompt.positions(span)])
+            self.model(**{k: v.to(self.device) for k, v in inputs.items() if k in input_names}, past_key_values=cache)
+
+        key = hashlib.sha1(b"".join(np.ascontiguousarray(getattr(prompt, name)[..., :kept]).tobytes()
+                                    for name in ("input_ids", "audio_codes", "audio_mask", "spoken_ids"))).digest()
+        cache = KVCache(self.config, 1, shared, dtype=torch.float32, device=self.device)
+        if key in self._prefix_cache:
+            self._prefix_cache.move_to_end(key)
+            for keys, values, k, v in zip(cache.keys, cache.values, *self._prefix_cache[key]):
+                keys[:, :, :kept] = k
+                values[:, :, :kept] = v
+            cache.length = kept
+        elif kept:
+            run(slice(0, kept))
+            self._prefix_cache[key] = ([k[:, :, :kept].clone() for k in cache.keys],
+                                       [v[:, :, :kept].clone() for v in cache.values])
+            while len(self._prefix_cache) > PREFIX_CACHE_SIZE:
+                self._prefix_cache.popitem(last=False)
+        if shared > kept:
+            run(slice(kept, shared))
+        return cache
 
     @staticmethod
     def _common_prefix(expanded: list) -> int:
@@ -431,6 +462,12 @@ def _check_codec(config, audio_tokenizer_path: str | Path | None) -> None:
         where = audio_tokenizer_path or "the shipped audio tokenizer"
         raise ValueError(f"this model learned the codes of audio tokenizer {expected}, but {where} is {found}; "
                          "pass the matching --codec")
+
+
+def _reference_end(prompt) -> int:
+    """Positions of an expanded prompt up to the end of its last audio (a voice reference); 0 without audio."""
+    audio = np.flatnonzero(prompt.audio_mask)
+    return min(int(audio[-1]) + 1, len(prompt) - 1) if len(audio) else 0
 
 
 def _audio_key(content: AudioContent) -> tuple:
