@@ -8,7 +8,9 @@ Groups (all sentences from the corpus' test split, never trained on):
   Two of them record speakers the corpus also has through flite (kal_diphone ~ flite kal16, the same diphone
   recordings; cmu_us_slt_arctic_hts ~ flite slt, the same ARCTIC speaker by another synthesis method): only
   ked_diphone is a speaker never heard in any form, so the report also lists every voice on its own.
-For context each clone group also reports the WER of the reference engine's own speech of the sentences.
+For context each clone group also reports the WER of the reference engine's own speech of the sentences, and
+of that speech after a round trip through the audio tokenizer (`codec WER`): the best any model speaking
+through these codes could score.
 Generation runs batched; the real-time factor is wall time over seconds of audio produced.
 """
 
@@ -51,6 +53,7 @@ class CaseResult:
     words: int
     errors: int
     engine_errors: int | None
+    codec_errors: int | None  # the engine's speech after an audio tokenizer round trip
     similarity: float
     seconds: float
 
@@ -126,12 +129,14 @@ def evaluate_tts(engine: HiggsAudioServeEngine, cases: list[Case], batch_size: i
         generated16 = resample(audio, sr, 16000) if len(audio) else np.zeros(1600, np.float32)
         hypothesis = transcribe(generated16)
         reference16 = resample(read_audio(case.reference_audio, sr=sr)[0], sr, 16000)
-        engine_errors = None
+        engine_errors = codec_errors = None
         if case.engine_audio:
-            engine16 = resample(read_audio(case.engine_audio, sr=sr)[0], sr, 16000)
-            engine_errors = edit_distance(words, normalize_words(transcribe(engine16)))
+            spoken = read_audio(case.engine_audio, sr=sr)[0]
+            round_trip = engine.audio_tokenizer.decode(engine.audio_tokenizer.encode(spoken, sr=sr))
+            engine_errors, codec_errors = (edit_distance(words, normalize_words(transcribe(resample(a, sr, 16000))))
+                                           for a in (spoken, round_trip))
         results.append(CaseResult(case.group, case.voice, case.text, hypothesis, len(words),
-                                  edit_distance(words, normalize_words(hypothesis)), engine_errors,
+                                  edit_distance(words, normalize_words(hypothesis)), engine_errors, codec_errors,
                                   speaker.similarity(reference16, generated16) if len(audio) else 0.0, len(audio) / sr))
     audio_seconds = sum(r.seconds for r in results)
     groups, voices = defaultdict(list), defaultdict(list)
@@ -148,13 +153,16 @@ def evaluate_tts(engine: HiggsAudioServeEngine, cases: list[Case], batch_size: i
 
 
 def aggregate(rows: list[CaseResult]) -> dict:
-    """Corpus-level WER (errors / words), mean similarity, and the engines' own WER where known."""
+    """Corpus-level WER (errors / words), mean similarity, and the engines' own WER (as said, and through the
+    audio tokenizer) where known."""
     words = sum(r.words for r in rows) or 1
     known = [r for r in rows if r.engine_errors is not None]
+    known_words = sum(r.words for r in known) or 1
     return {
         "n": len(rows),
         "wer": 100.0 * sum(r.errors for r in rows) / words,
-        "engine_wer": 100.0 * sum(r.engine_errors for r in known) / (sum(r.words for r in known) or 1) if known else None,
+        "engine_wer": 100.0 * sum(r.engine_errors for r in known) / known_words if known else None,
+        "codec_wer": 100.0 * sum(r.codec_errors for r in known) / known_words if known else None,
         "similarity": float(np.mean([r.similarity for r in rows])),
         "mean_seconds": float(np.mean([r.seconds for r in rows])),
     }
@@ -162,10 +170,11 @@ def aggregate(rows: list[CaseResult]) -> dict:
 
 def format_report(report: dict) -> str:
     """A small table of the groups, then of the voices of each group."""
-    lines = [f"{'group':<32}{'n':>4}{'WER %':>8}{'engine WER %':>14}{'similarity':>12}{'mean s':>8}"]
+    lines = [f"{'group':<32}{'n':>4}{'WER %':>8}{'engine WER %':>14}{'codec WER %':>13}{'similarity':>12}{'mean s':>8}"]
     for name, g in [*report["groups"].items(), *report["voices"].items()]:
-        engine = f"{g['engine_wer']:.1f}" if g["engine_wer"] is not None else "-"
-        lines.append(f"{name:<32}{g['n']:>4}{g['wer']:>8.1f}{engine:>14}{g['similarity']:>12.3f}{g['mean_seconds']:>8.2f}")
+        engine, codec = (f"{g[k]:.1f}" if g[k] is not None else "-" for k in ("engine_wer", "codec_wer"))
+        lines.append(f"{name:<32}{g['n']:>4}{g['wer']:>8.1f}{engine:>14}{codec:>13}{g['similarity']:>12.3f}"
+                     f"{g['mean_seconds']:>8.2f}")
     lines.append(f"real-time factor (batch {report['batch_size']}): {report['rtf']:.3f}")
     return "\n".join(lines)
 
