@@ -311,9 +311,9 @@ class HiggsAudioServeEngine:
             inputs = self.collator.pad([prompt.positions(span)])
             self.model(**{k: v.to(self.device) for k, v in inputs.items() if k in input_names}, past_key_values=cache)
 
-        key = hashlib.sha1(b"".join(np.ascontiguousarray(getattr(prompt, name)[..., :kept]).tobytes()
-                                    for name in ("input_ids", "audio_codes", "audio_mask", "spoken_ids"))).digest()
         cache = KVCache(self.config, 1, shared, dtype=torch.float32, device=self.device)
+        key = kept and hashlib.sha1(b"".join(np.ascontiguousarray(getattr(prompt, name)[..., :kept]).tobytes()
+                                             for name in ("input_ids", "audio_codes", "audio_mask", "spoken_ids"))).digest()
         if key in self._prefix_cache:
             self._prefix_cache.move_to_end(key)
             for keys, values, k, v in zip(cache.keys, cache.values, *self._prefix_cache[key]):
