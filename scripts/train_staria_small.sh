@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Build the data (if missing) and train the small Staria classifier and generator in the background,
 # resuming from their last checkpoints. Runs and data live outside the work tree (RUNS, DATA) so that a
-# new checkout keeps them; logs go to RUNS/*.log. Usage: bash scripts/train_staria_small.sh [classifier|staria|both]
+# new checkout keeps them; logs go to RUNS/*.log. Usage: [INIT_FROM=MODEL_DIR] bash scripts/train_staria_small.sh [classifier|staria|both]
+# (INIT_FROM: start the generator from an exported model's weights, e.g. src/cadenza/pretrained/staria_small.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one core per training
 RUNS=${RUNS:-/work/cadenza-runs}
 DATA=${DATA:-/work/cadenza-data}  # corpora live outside the work tree too; ./data links to them
 mkdir -p "$RUNS" "$DATA"
@@ -19,6 +21,6 @@ if [ "$which" = classifier ] || [ "$which" = both ]; then
 fi
 if [ "$which" = staria ] || [ "$which" = both ]; then
   nohup cadenza music train staria --config configs/staria_small.yaml --resume \
-      train.run_dir="$RUNS/staria_small" >> "$RUNS/staria_small.log" 2>&1 &
+      train.run_dir="$RUNS/staria_small" ${INIT_FROM:+model.init_from="$INIT_FROM"} >> "$RUNS/staria_small.log" 2>&1 &
 fi
 echo "training in the background; progress: $RUNS/*/logs/version_*/metrics.csv"

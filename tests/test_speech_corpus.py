@@ -82,9 +82,10 @@ def test_fortune_parsing_strips_attribution_and_dedupes(tmp_path: Path) -> None:
 def test_default_voices_are_many_distinct_and_never_festival() -> None:
     voices = default_voices()
     ids = [v.id for v in voices]
-    assert len(set(ids)) == len(ids) >= 100
+    assert len(set(ids)) == len(ids) >= 300
+    assert sum(v.engine in corpus_voices.NATURAL_ENGINES for v in voices) >= 150
     assert JOE in voices and JOE.id == "piper-joe"
-    assert {v.engine for v in voices} == {"piper", "flite", "espeak"}
+    assert {v.engine for v in voices} == {"piper", "flite", "espeak", "kokoro", "hibari"}
     assert not any("festival" in i for i in ids)
     assert VoiceIdentity("flite", "slt", semitones=2).id == "flite-slt-p+2"
     assert VoiceIdentity("espeak", "en-us", "f2", -1, 1.1).id == "espeak-en-us+f2-p-1-t1.1"
@@ -92,6 +93,18 @@ def test_default_voices_are_many_distinct_and_never_festival() -> None:
         VoiceIdentity("festival", "kal")
     with pytest.raises(ValueError, match="unknown flite voice"):
         VoiceIdentity("flite", "nosuchvoice")
+
+
+def test_kokoro_mixtures_are_named_weights_of_its_style_tables() -> None:
+    assert corpus_voices.kokoro_mixture("kumo") == {"kumo": 1.0}
+    assert corpus_voices.kokoro_mixture("alpha60_kumo40") == {"alpha": 0.6, "kumo": 0.4}
+    for bad in ("alpha60_kumo30", "alpha50_alpha50", "bob100", "alpha"[:3], "alpha0_kumo100"):
+        with pytest.raises(ValueError, match="kokoro voice"):
+            VoiceIdentity("kokoro", bad)
+    mixtures = corpus_voices.kokoro_mixtures(40)
+    assert len(set(mixtures)) == 40 and mixtures == corpus_voices.kokoro_mixtures(40)
+    for name in mixtures:
+        assert abs(sum(corpus_voices.kokoro_mixture(name).values()) - 1) < 1e-9
 
 
 def test_plan_splits_are_disjoint_and_deterministic() -> None:
@@ -106,7 +119,9 @@ def test_plan_splits_are_disjoint_and_deterministic() -> None:
     roles = corpus.split_speakers(voices, 3, 0.05)
     held_out = {v for v, role in roles.items() if role != "train"}
     assert held_out and roles["piper-joe"] == "train" and roles["flite-slt"] == "train"
-    assert sum(role == "train" for role in roles.values()) >= 100
+    assert roles["hibari-heart"] == "train"
+    assert any(voice.startswith("kokoro") for voice in held_out)
+    assert sum(role == "train" for role in roles.values()) >= 250
     for u in plan:
         if u.speaker.id in held_out:
             assert u.split == roles[u.speaker.id]
@@ -127,6 +142,7 @@ def _tiny_voices() -> list[VoiceIdentity]:
         VoiceIdentity("espeak", "en-gb", "f2", semitones=-2, tempo=1.1),
         VoiceIdentity("espeak", "en-029", "klatt", semitones=1),
     ]
+    voices += [VoiceIdentity("hibari", "heart", semitones=-4), VoiceIdentity("kokoro", "gongitsune30_kumo70")]
     if engine_available("piper"):
         voices.insert(0, JOE)
     return [v for v in voices if engine_available(v.engine)]

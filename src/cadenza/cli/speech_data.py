@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -16,9 +17,12 @@ def speech(
 ) -> None:
     """Build a speech corpus: fortune-file sentences spoken by offline TTS voices, 24 kHz mono.
 
-    Voices: Piper joe (about 30% of the hours), flite kal16/awb/rms/slt and espeak-ng accents x variants.
+    Voices: Piper joe (about 30% of the hours), hibari heart, Kokoro-82M style tables and their mixtures,
+    flite kal16/awb/rms/slt and espeak-ng accents x variants.
 
-    Pitch/formant/tempo transforms widen them to over 100 speakers. Festival voices are never used.
+    Pitch/formant/tempo transforms widen them to over 300 speakers. Festival voices are never used.
+
+    Ctrl-C (or SIGTERM) stops a build and still writes the manifest of what exists.
 
     Writes OUT/audio/SPEAKER/*.wav, OUT/manifest.jsonl, OUT/speakers.json and OUT/failures.jsonl.
 
@@ -28,8 +32,12 @@ def speech(
     """
     from cadenza.higgs_audio.corpus import build_speech_corpus
 
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a killed background build writes its manifest
     try:
         report = build_speech_corpus(out, hours=hours, seed=seed, workers=workers)
+    except KeyboardInterrupt as exc:
+        typer.echo(f"{out}: interrupted; the manifest lists the utterances synthesized so far", err=True)
+        raise typer.Exit(130) from exc
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -47,7 +47,10 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 # Rough seconds of speech per word at tempo 1, used only to plan how many sentences fill the budget.
-SECONDS_PER_WORD = {"piper": 0.26, "flite": 0.28, "espeak": 0.26}
+SECONDS_PER_WORD = {"piper": 0.26, "flite": 0.28, "espeak": 0.26, "kokoro": 0.3, "hibari": 0.3}
+# Share of the hours per speaker, by engine, relative to a flite/espeak speaker: the cheap natural voices
+# (Piper ~30x, hibari ~100x real time per core) speak more; Kokoro (about real time per core) less.
+SPEAKER_WEIGHT = {"piper": 2.0, "hibari": 2.0, "kokoro": 0.5, "flite": 1.0, "espeak": 1.0}
 SECONDS_PER_UTTERANCE = 0.5  # the kept silence margins and the final pause
 MIN_SECONDS_PER_WORD = 0.08  # shorter than this, the engine skipped words
 
@@ -104,15 +107,16 @@ def split_sentence_pools(sentences: list[str], seed: int, eval_fraction: float) 
 def split_speakers(voices: list[VoiceIdentity], seed: int, eval_fraction: float) -> dict[str, str]:
     """Map speaker id -> split; per engine group of >= 3 voices, hold some out for val and for test.
 
-    The untransformed Piper and flite voices always stay in train: later models must speak in
-    `joe`, and are judged against the word error rates of these engine voices.
+    The untransformed Piper, hibari and flite voices always stay in train: later models must speak in
+    `joe` and `heart`, and are judged against the word error rates of these engine voices. Kokoro voices
+    are one group, so some of its mixtures are heard only in val or test (voice cloning evaluation).
     """
     rng = random.Random(f"speakers-{seed}")
     groups: dict[tuple[str, str], list[VoiceIdentity]] = defaultdict(list)
     for voice in voices:
-        canonical = voice.engine in ("piper", "flite") and voice.semitones == 0 and voice.tempo == 1.0
+        canonical = voice.engine in ("piper", "hibari", "flite") and voice.semitones == 0 and voice.tempo == 1.0
         if not canonical:
-            groups[(voice.engine, voice.voice if voice.engine == "piper" else "")].append(voice)
+            groups[(voice.engine, voice.voice if voice.engine in ("piper", "hibari") else "")].append(voice)
     splits = {voice.id: "train" for voice in voices}
     for group in groups.values():
         if len(group) < 3:
@@ -142,7 +146,7 @@ def plan_corpus(
     """Decide every utterance: each speaker's budget of seconds, filled from its split's sentences.
 
     Piper `joe` (if among the voices) gets `joe_share` of the hours, the other speakers share the
-    rest equally. A train speaker spends `eval_fraction` of its budget on val sentences and as much on
+    rest in proportion to their engine's `SPEAKER_WEIGHT`. A train speaker spends `eval_fraction` of its budget on val sentences and as much on
     test sentences; a held-out speaker speaks only its split's sentences. Each speaker reads its
     pool from its own offset, so speakers mostly say different sentences.
     """
@@ -157,7 +161,7 @@ def plan_corpus(
     joe_budget = 0.0
     if JOE in voices:
         joe_budget = joe_share * total if others else total
-    other_budget = (total - joe_budget) / len(others) if others else 0.0
+    unit = (total - joe_budget) / sum(SPEAKER_WEIGHT[v.engine] for v in others) if others else 0.0
 
     users: dict[str, list[VoiceIdentity]] = {split: [] for split in SPLITS}  # who reads each pool
     for voice in voices:
@@ -167,7 +171,7 @@ def plan_corpus(
 
     utterances: list[Utterance] = []
     for voice in voices:
-        budget = joe_budget if voice == JOE else other_budget
+        budget = joe_budget if voice == JOE else unit * SPEAKER_WEIGHT[voice.engine]
         role = speaker_split[voice.id]
         if role == "train":
             shares = {"train": 1 - 2 * eval_fraction, "val": eval_fraction, "test": eval_fraction}
@@ -214,12 +218,12 @@ def build_speech_corpus(
     todo = [u for u in plan if not _valid_wav(out_dir / u.audio)]
     report.skipped = len(plan) - len(todo)
     todo = _interleave(todo)
-    if todo:
-        _synthesize_all(todo, out_dir, workers, progress, report)
-
-    speaker_split = split_speakers(voices, seed, eval_fraction)
-    _write_outputs(out_dir, plan, voices, speaker_split, report)
-    report.seconds = time.monotonic() - started
+    try:
+        if todo:
+            _synthesize_all(todo, out_dir, workers, progress, report)
+    finally:  # an interrupted build (Ctrl-C) still leaves a usable, balanced corpus behind
+        _write_outputs(out_dir, plan, voices, split_speakers(voices, seed, eval_fraction), report)
+        report.seconds = time.monotonic() - started
     return report
 
 
