@@ -8,9 +8,9 @@ from cadenza.staria import FORM_LABEL_MAP, StariaTokenizer
 from cadenza.staria.cache import TokenCache
 from cadenza.staria.data import (
     ClassificationDataset, Collator, ContrastiveDataset, GenerativeDataset, Pieces, StariaDataModule,
-    section_spans, snippet_prompt,
 )
 from cadenza.staria.events import NO_SECTION
+from cadenza.staria.prompt import section_spans, snippet_prompt
 from cadenza.staria.tokenizer import IGNORE_INDEX
 
 

@@ -18,14 +18,13 @@ from typer.testing import CliRunner
 from cadenza.cli import app
 from cadenza.core.checkpoint import load_model, save_pretrained
 from cadenza.staria.cache import TokenCache
-from cadenza.staria.data import section_spans
 from cadenza.staria.forms import FORM_LABEL_MAP, form_from_labels
+from cadenza.staria.labeller import SectionLabeller
 from cadenza.staria.models import PRESETS, SectionClassifier, StariaConfig, StariaSeq2Seq
+from cadenza.staria.prompt import section_spans
 from cadenza.staria.synthetic import section_letters
 from cadenza.staria.tokenizer import StariaTokenizer
-from cadenza.staria.wake_sleep import (
-    SectionLabeller, WakeConfig, pseudo_label, section_runs, wake,
-)
+from cadenza.staria.wake_sleep import WakeConfig, pseudo_label, section_runs, wake
 
 TOK = StariaTokenizer()
 

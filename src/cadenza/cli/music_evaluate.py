@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.table import Table
 
-err = Console(stderr=True)
+from cadenza.cli.music_common import err, write_json
 
 
 def evaluate(
@@ -32,10 +34,10 @@ def evaluate(
     held-out real pieces.
     """
     from cadenza.core.checkpoint import CheckpointError
-    from cadenza.staria.evaluate import evaluate_dir, heldout_perplexity, print_report, write_report
+    from cadenza.staria.evaluate import evaluate_dir, heldout_perplexity
     from cadenza.staria.forms import validate_form
     from cadenza.staria.generate import StariaGenerator
-    from cadenza.staria.wake_sleep import SectionLabeller
+    from cadenza.staria.labeller import SectionLabeller
 
     if form is not None:
         try:
@@ -63,9 +65,38 @@ def evaluate(
         h = report["heldout"]
         Console().print(f"perplexity on {h['n_pieces']} held-out pieces of {h['corpus']} ({h['split']}): "
                         f"{h['perplexity']:.2f} ({h['n_tokens']} tokens)")
-    path = write_report(report, out or directory / "evaluation.json")
+    path = write_json(report, out or directory / "evaluation.json")
     err.print(f"report -> {path}")
     if report["n_evaluated"] == 0:
         err.print(f"[red]error[/red] {directory}: no MIDI file could be evaluated")
         raise typer.Exit(1)
     raise typer.Exit(1 if report["skipped"] else 0)
+
+
+def print_report(report: dict, console: Console) -> None:
+    """A table: one row per piece, then the aggregate rates and skipped files."""
+    requested, thresholds = report.get("requested_form"), report["thresholds"]
+    table = Table(title=f"{report['directory']}" + (f" (form {requested})" if requested else ""),
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+                  caption=f"same: least alike same-letter pair (needs >= {thresholds['alike']}); diff: most "
+                          f"alike different-letter pair (needs < {thresholds['distinct']}); "
+                          "PCE: pitch-class entropy (bits)")
+    names = [str(Path(p["name"]).with_suffix("")) if p["name"] else "-" for p in report["pieces"]]
+    name_width = min(max([len(n) for n in names] + [5]), 24)
+    for column in ("piece", "markers", "recovered", "found", "same", "diff", "PCE", "groove", "notes"):
+        table.add_column(column, justify="left" if column in ("piece", "markers", "recovered") else "right",
+                         overflow="fold" if column == "piece" else "ellipsis", no_wrap=column != "piece",
+                         min_width=name_width if column == "piece" else None)
+    for name, p in zip(names, report["pieces"]):
+        s = p["statistics"]
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        table.add_row(name, p["marker_letters"], p["recovered_form"],
+                      "[green]yes[/green]" if p["form_found"] else "[red]no[/red]", fmt(p["min_same"]),
+                      fmt(p["max_different"]), f"{s['pitch_class_entropy']:.2f}", f"{s['groove_consistency']:.3f}",
+                      str(s["n_notes"]))
+    console.print(table)
+    agg = report["aggregate"]
+    rates = ", ".join(f"{k} {v:.0%}" for k, v in agg.items() if k.endswith("_rate"))
+    console.print(f"{agg['n_pieces']} pieces evaluated" + (f": {rates}" if rates else ""))
+    for bad in report["skipped"]:
+        console.print(f"[yellow]skipped[/yellow] {bad['path']}: {bad['error']}")

@@ -18,7 +18,6 @@ Pieces longer than `max_seq_len` get their per-token letters from overlapping wi
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -30,9 +29,9 @@ from cadenza.staria.cache import TokenCache
 from cadenza.staria.forms import (
     FORM_LABEL_MAP, LABEL_TO_FORM, LETTERS, SWITCH_COST, condense, decode_sections, form_from_labels,
 )
+from cadenza.staria.labeller import SectionLabeller
 from cadenza.staria.models import N_SECTIONS, SectionClassifier, StariaConfig
 from cadenza.staria.tokenizer import IGNORE_INDEX, StariaTokenizer
-from cadenza.staria.wake_sleep import SectionLabeller
 
 # What issue 3 asks of the model card, on held-out synthetic pieces.
 TARGETS = {"token_accuracy": 0.95, "form_exact_match": 0.85}
@@ -175,52 +174,3 @@ def evaluate_classifier(model_dir: str | Path, corpus: str | Path, split: str = 
         record["id"] = item["id"]
     return {"model": str(model_dir), "corpus": str(corpus), "split": split, "limit": limit, "switch_cost": switch_cost,
             "max_seq_len": config.max_seq_len, "n_too_long": sum(f is None for f in form_probs), **report}
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1%}"
-
-
-def print_classifier_report(report: dict, console=None) -> None:
-    """A rich table per form (and overall), then the letter confusion counts."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    table = Table(title=f"section classifier on {report['corpus']} ({report['split']})", box=box.SIMPLE_HEAD,
-                  caption="tokens: per-token accuracy (micro; macro = mean over pieces); form head: argmax == "
-                          "form; labels: form_from_labels(letters) == condensed form; ceiling: same from the "
-                          "true letters")
-    for column in ("form", "pieces", "tokens", "macro", "form head", "labels", "ceiling"):
-        table.add_column(column, justify="left" if column == "form" else "right")
-    rows = [(form, s) for form, s in report["per_form"].items()] + [("all", report)]
-    for k, (form, s) in enumerate(rows):
-        style = "bold" if form == "all" else None
-        table.add_row(form, str(s["n_pieces"]), _pct(s["token_accuracy"]), _pct(s["token_accuracy_macro"]),
-                      _pct(s["form_head_exact_match"]), _pct(s["label_form_exact_match"]),
-                      _pct(s["label_form_ceiling"]), style=style, end_section=k == len(rows) - 2)
-    console.print(table)
-    confusion = Table(title="letters (rows true, columns predicted)", box=box.SIMPLE_HEAD)
-    confusion.add_column("")
-    for letter in report["confusion"]["letters"]:
-        confusion.add_column(letter, justify="right")
-    for letter, counts in zip(report["confusion"]["letters"], report["confusion"]["counts"]):
-        confusion.add_row(letter, *map(str, counts))
-    console.print(confusion)
-    t = report["targets"]
-    mark = lambda ok: "[green]met[/green]" if ok else "[red]not met[/red]"  # noqa: E731
-    console.print(f"targets: token accuracy >= {t['token_accuracy']:.0%} {mark(t['token_accuracy_met'])}; "
-                  f"form exact match >= {t['form_exact_match']:.0%}: form head {mark(t['form_head_met'])}, "
-                  f"labels {mark(t['label_form_met'])}")
-    if report.get("n_too_long"):
-        console.print(f"{report['n_too_long']} pieces longer than {report['max_seq_len']} tokens: windowed "
-                      "letters, no form head")
-
-
-def write_classifier_report(report: dict, path: str | Path) -> Path:
-    """Write the report as indented JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1))
-    return path

@@ -1,8 +1,8 @@
 """Datasets and the LightningDataModule for Staria's three tasks, over one or more tokenized corpora.
 
 - `generative`: a piece up to `max_seq_len` tokens as shifted decoder input / target. With `prompt`,
-  the encoder input is `<PROMPT_START>` [form token] + per letter its section token and the first
-  <= `snippet_len` tokens of that letter's first section + `<PROMPT_END>`; the target is the whole piece.
+  the encoder input is the piece's own snippet prompt (`prompt.snippet_prompt`: [form token] + per letter
+  the first <= `snippet_len` tokens of that letter's first section); the target is the whole piece.
 - `contrastive`: two augmented views (pitch, velocity, tempo) of snippets of the same piece; the other
   pieces of a batch are the negatives.
 - `classification`: the piece without section tokens, its per-token section labels and its form label.
@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from cadenza.core.training import ResumableDataLoader
 from cadenza.staria.cache import TokenCache
 from cadenza.staria.events import NO_SECTION, SEGMENT_MS
-from cadenza.staria.forms import FORM_LABEL_MAP, LETTERS, form_from_labels
+from cadenza.staria.forms import FORM_LABEL_MAP, form_from_labels
+from cadenza.staria.prompt import snippet_prompt
 from cadenza.staria.tokenizer import IGNORE_INDEX, StariaTokenizer
 
 CorpusSpec = Union[str, Path, tuple[Union[str, Path], float]]
@@ -38,43 +39,6 @@ def _rng() -> np.random.Generator:
     """A numpy generator seeded from torch's RNG: reproducible under `seed_everything`, and different in
     each DataLoader worker and epoch (torch reseeds workers; numpy state alone would repeat)."""
     return np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
-
-
-def section_spans(tokenizer: StariaTokenizer, ids: np.ndarray) -> list[tuple[str, int, int]]:
-    """(letter, start, end) of each section: start is the index of its section token, end exclusive.
-
-    The last section ends before `<E>` (or at the end of the sequence).
-    """
-    ids = np.asarray(ids, dtype=np.int64)
-    positions = np.flatnonzero(np.isin(ids, tokenizer.section_ids))
-    eos = np.flatnonzero(ids == tokenizer.eos_id)
-    stop = int(eos[0]) if len(eos) else len(ids)
-    ends = [*positions[1:].tolist(), stop]
-    letters = np.searchsorted(tokenizer.section_ids, ids[positions])
-    return [(LETTERS[letter], int(s), max(int(e), int(s) + 1))
-            for letter, s, e in zip(letters, positions, ends)]
-
-
-def snippet_prompt(tokenizer: StariaTokenizer, ids: np.ndarray, snippet_len: int = 256,
-                   form: str | None = None) -> np.ndarray:
-    """Encoder prompt: <PROMPT_START> [<FORM>] + per letter (section token + first <= snippet_len tokens
-    of its first section, section tokens excluded) + <PROMPT_END>.
-
-    A piece without section tokens gives the empty prompt <PROMPT_START> [<FORM>] <PROMPT_END>.
-    """
-    ids = np.asarray(ids, dtype=np.int64)
-    parts: list[np.ndarray | list[int]] = [[tokenizer.prompt_start_id]]
-    if form is not None:
-        parts.append([tokenizer.form_ids[form]])
-    seen: set[str] = set()
-    for letter, start, end in section_spans(tokenizer, ids):
-        if letter in seen:
-            continue
-        seen.add(letter)
-        parts.append([tokenizer.section_token_id(letter)])
-        parts.append(ids[start + 1:min(end, start + 1 + snippet_len)])
-    parts.append([tokenizer.prompt_end_id])
-    return np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
 
 
 def piece_form(row: dict, tokenizer: StariaTokenizer, ids: np.ndarray) -> str | None:

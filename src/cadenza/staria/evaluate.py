@@ -5,7 +5,6 @@ Music statistics follow MusPy's definitions, on millisecond times (beats are est
 
 from __future__ import annotations
 
-import json
 import math
 import string
 from pathlib import Path
@@ -273,46 +272,3 @@ def aggregate(pieces: list[dict], form: str | None = None) -> dict:
 def _first_appearance(letters: str) -> str:
     names: dict[str, str] = {}
     return "".join(names.setdefault(c, string.ascii_uppercase[len(names)]) for c in letters)
-
-
-
-def print_report(report: dict, console=None) -> None:
-    """A rich table: one row per piece, then the aggregate rates and skipped files."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    requested = report.get("requested_form")
-    table = Table(title=f"{report['directory']}" + (f" (form {requested})" if requested else ""),
-                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
-                  caption=f"same: least alike same-letter pair (needs >= {ALIKE}); diff: most alike "
-                          f"different-letter pair (needs < {DISTINCT}); PCE: pitch-class entropy (bits)")
-    names = [str(Path(p["name"]).with_suffix("")) if p["name"] else "-" for p in report["pieces"]]
-    name_width = min(max([len(n) for n in names] + [5]), 24)
-    for column in ("piece", "markers", "recovered", "found", "same", "diff", "PCE", "groove", "notes"):
-        table.add_column(column, justify="left" if column in ("piece", "markers", "recovered") else "right",
-                         overflow="fold" if column == "piece" else "ellipsis", no_wrap=column != "piece",
-                         min_width=name_width if column == "piece" else None)
-    for name, p in zip(names, report["pieces"]):
-        s = p["statistics"]
-        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-        table.add_row(name, p["marker_letters"], p["recovered_form"],
-                      "[green]yes[/green]" if p["form_found"] else "[red]no[/red]", fmt(p["min_same"]),
-                      fmt(p["max_different"]), f"{s['pitch_class_entropy']:.2f}", f"{s['groove_consistency']:.3f}",
-                      str(s["n_notes"]))
-    console.print(table)
-    agg = report["aggregate"]
-    rates = ", ".join(f"{k} {v:.0%}" for k, v in agg.items() if k.endswith("_rate"))
-    console.print(f"{agg['n_pieces']} pieces evaluated" + (f": {rates}" if rates else ""))
-    for bad in report["skipped"]:
-        console.print(f"[yellow]skipped[/yellow] {bad['path']}: {bad['error']}")
-
-
-def write_report(report: dict, path: str | Path) -> Path:
-    """Write the report as indented JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1))
-    return path
-

@@ -33,11 +33,11 @@ from torch.nn.utils.rnn import pad_sequence
 from cadenza.core.checkpoint import load_model
 from cadenza.core.sampling import SamplingConfig, make_generator, sample
 from cadenza.staria.corpus import random_folk_tunes
-from cadenza.staria.data import section_spans
 from cadenza.staria.decoding import CachedDecoder
 from cadenza.staria.forms import validate_form
 from cadenza.staria.midi import MidiInput
 from cadenza.staria.models import StariaConfig, StariaSeq2Seq
+from cadenza.staria.prompt import UNCONDITIONAL_LEN, encoder_prompt, prompt_snippets, unconditional_prompt
 from cadenza.staria.events import NO_SECTION, SECTION_LETTERS, SEGMENT_MS, TIME_STEP_MS
 from cadenza.staria.tokenizer import K_DRUM, K_NOTE, K_ONSET, K_SECTION, K_TIME, StariaTokenizer
 
@@ -117,30 +117,14 @@ class StariaGenerator:
         return cls(model)
 
     def prompt(self, form: str, snippets: dict[str, np.ndarray], snippet_len: int = 256) -> np.ndarray:
-        """Encoder prompt: <PROMPT_START> <FORM> then per letter its section token and the first
-        `snippet_len` note tokens of its snippet (token ids of a piece), then <PROMPT_END>."""
-        tok = self.tok
-        parts = [tok.prompt_start_id, tok.form_ids[validate_form(form)]]
-        for letter in dict.fromkeys(form):
-            ids = np.asarray(snippets[letter], dtype=np.int64)
-            body = ids[tok.kinds(ids) != K_SECTION]
-            starts = np.flatnonzero(body == tok.bos_id)
-            body = body[int(starts[0]) + 1 if len(starts) else 0:]
-            body = body[body != tok.eos_id][:snippet_len]
-            parts += [tok.section_token_id(letter), *body.tolist()]
-        return np.asarray(parts + [tok.prompt_end_id], dtype=np.int64)
+        """Encoder prompt for `form` from token ids per letter (a section, or a piece: see `prompt.py`)."""
+        letters = dict.fromkeys(validate_form(form))
+        return encoder_prompt(self.tok, {letter: snippets[letter] for letter in letters}, snippet_len, form)
 
     def snippets(self, form: str, prompt: MidiInput | None, seed: int) -> dict[str, np.ndarray]:
         """Token ids per letter of `form`: a prompt's marked sections ("A", "B", ... markers), its opening
         for "A" when it has no markers, and random folk tunes of the music21 corpus for the rest."""
-        found: dict[str, np.ndarray] = {}
-        if prompt is not None:
-            ids = self.tok.tokenize_ids(prompt)
-            spans = section_spans(self.tok, ids)
-            for letter, start, end in spans:
-                found.setdefault(letter, ids[start + 1:end])
-            if not spans:
-                found["A"] = ids
+        found = prompt_snippets(self.tok, prompt) if prompt is not None else {}
         missing = [letter for letter in dict.fromkeys(form) if letter not in found]
         if missing:
             with tempfile.TemporaryDirectory() as tmp:
@@ -171,7 +155,7 @@ class StariaGenerator:
         `max_seq_len` tokens) under the unconditional prompt `<PROMPT_START> <FORM>` of classifier-free
         guidance: how well the model predicts real music it is given no snippets of."""
         ids = torch.as_tensor(np.asarray(ids, dtype=np.int64)[:self.model.cfg.max_seq_len])[None]
-        prompt = torch.tensor([[self.tok.prompt_start_id, self.tok.form_ids[validate_form(form)]]])
+        prompt = torch.as_tensor(unconditional_prompt(self.tok, validate_form(form)))[None]
         logits = self.model(prompt, torch.ones_like(prompt, dtype=torch.bool), ids[:, :-1])
         first = int(np.flatnonzero(ids[0].numpy() == self.tok.bos_id)[0]) if (ids == self.tok.bos_id).any() else 0
         nll = torch.nn.functional.cross_entropy(logits[0, first:], ids[0, first + 1:], reduction="sum")
@@ -189,7 +173,7 @@ class StariaGenerator:
         prompt_mask = prompt_batch != tok.pad_id
         if guided:
             uncond_mask = prompt_mask.clone()
-            uncond_mask[:, 2:] = False
+            uncond_mask[:, UNCONDITIONAL_LEN:] = False
             prompt_batch, prompt_mask = torch.cat([prompt_batch, prompt_batch]), torch.cat([prompt_mask, uncond_mask])
         state = self.decoder.start(self.model.encode(prompt_batch, prompt_mask), prompt_mask, cfg.max_tokens + 64)
 

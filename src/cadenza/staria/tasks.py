@@ -24,6 +24,7 @@ from cadenza.core.training import TrainConfig, configure_optimizers
 from cadenza.staria.models import (
     DecoderOnlyBaseline, SectionClassifier, SnippetEncoder, StariaConfig, StariaSeq2Seq, nt_xent, token_loss,
 )
+from cadenza.staria.prompt import UNCONDITIONAL_LEN
 from cadenza.staria.tokenizer import IGNORE_INDEX, K_DRUM, K_NOTE, K_ONSET, StariaTokenizer
 
 
@@ -130,7 +131,7 @@ class ContrastiveTask(_Task):
         return loss
 
 
-def drop_prompts(prompt_mask: torch.Tensor, probability: float, keep: int = 2) -> torch.Tensor:
+def drop_prompts(prompt_mask: torch.Tensor, probability: float, keep: int = UNCONDITIONAL_LEN) -> torch.Tensor:
     """Hide all but the first `keep` prompt tokens (<PROMPT_START> and the form token) for a random
     fraction of samples: the unconditional branch that classifier-free guidance subtracts."""
     if probability <= 0:

@@ -24,17 +24,15 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from cadenza.core.checkpoint import load_model
 from cadenza.staria.cache import REPORT, TokenCache, split_of, write_cache
 from cadenza.staria.events import NO_SECTION
 from cadenza.staria.forms import FORM_LABEL_MAP, LETTERS, SWITCH_COST, decode_sections, relabel_by_first_appearance
-from cadenza.staria.models import N_SECTIONS, SectionClassifier, StariaConfig
+from cadenza.staria.labeller import SectionLabeller, chunks
 from cadenza.staria.synthetic import section_letters
 from cadenza.staria.tokenizer import K_DUR, K_ONSET, StariaTokenizer
 from cadenza.staria.train import train
@@ -49,72 +47,7 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 # ----------------------------------------------------------------------------- labelling
-
-
-class SectionLabeller:
-    """Per-token section probabilities (n, 4) from a SectionClassifier, batched, in overlapping windows.
-
-    A piece longer than the model's `max_seq_len` is cut into windows that overlap by `overlap` tokens;
-    each token takes its prediction from the window in which it is farthest from a cut.
-    """
-
-    def __init__(self, model: SectionClassifier, batch_size: int = 8, overlap: int = 128,
-                 device: str | torch.device = "cpu") -> None:
-        self.model = model.to(device).eval()
-        self.window = model.cfg.max_seq_len
-        if not 0 <= overlap < self.window:
-            raise ValueError(f"overlap must be in [0, {self.window}) (the classifier's max_seq_len), got {overlap}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size, self.overlap, self.device = batch_size, overlap, torch.device(device)
-        self.pad_id = StariaTokenizer().pad_id
-        self.source: str | None = None  # the directory the classifier was loaded from
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, **kwargs: Any) -> "SectionLabeller":
-        """Load a classifier exported by `cadenza music train classifier` (RUN_DIR/model)."""
-        model, _ = load_model(directory, StariaConfig, SectionClassifier)
-        labeller = cls(model, **kwargs)
-        labeller.source = str(directory)
-        return labeller
-
-    def windows(self, n: int) -> list[tuple[int, int, int, int]]:
-        """(start, end, keep_from, keep_to) of each window over n tokens; the kept parts tile [0, n)."""
-        out, start, stride = [], 0, self.window - self.overlap
-        while start < n:
-            end = min(start + self.window, n)
-            keep_from = start + self.overlap // 2 if start > 0 else 0
-            keep_to = end - (self.overlap - self.overlap // 2) if end < n else end
-            out.append((start, end, keep_from, keep_to))
-            if end == n:
-                break
-            start += stride
-        return out
-
-    @torch.inference_mode()
-    def __call__(self, pieces: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Section probabilities (n_tokens, 4) of each piece (ids without section tokens)."""
-        out = [np.zeros((len(ids), N_SECTIONS), dtype=np.float32) for ids in pieces]
-        jobs = [(k, *w) for k, ids in enumerate(pieces) for w in self.windows(len(ids))]
-        jobs.sort(key=lambda job: job[2] - job[1])  # similar lengths share a batch: less padding
-        for batch in _chunks(jobs, self.batch_size):
-            width = max(end - start for _, start, end, _, _ in batch)
-            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.bool)
-            for row, (k, start, end, _, _) in enumerate(batch):
-                ids[row, :end - start] = torch.as_tensor(np.asarray(pieces[k][start:end], dtype=np.int64))
-                mask[row, :end - start] = True
-            logits, _ = self.model(ids.to(self.device), mask.to(self.device))
-            probs = logits.float().softmax(-1).cpu().numpy()
-            for row, (k, start, _, keep_from, keep_to) in enumerate(batch):
-                out[k][keep_from:keep_to] = probs[row, keep_from - start:keep_to - start]
-        return out
 
 
 def section_runs(labels: np.ndarray, min_fraction: float = 0.05) -> list[tuple[int, int, int]]:
@@ -227,7 +160,7 @@ def wake(corpus: str | Path, out: str | Path, labeller: Labeller, cfg: WakeConfi
     per_form: dict[str, Counter] = {}
     reasons: Counter = Counter()
     bar = tqdm(total=len(indices), desc="wake", unit="piece", disable=not progress)
-    for chunk in _chunks(indices, 64 * cfg.batch_size):
+    for chunk in chunks(indices, 64 * cfg.batch_size):
         stripped = [tok.strip_sections(cache.ids(i))[0] for i in chunk]
         for i, ids, probs in zip(chunk, stripped, labeller(stripped)):
             result = pseudo_label(tok, ids, probs, cfg.threshold, cfg.min_fraction, cfg.switch_cost)
@@ -281,7 +214,7 @@ def dream(generator_dir: str | Path, snippet_corpus: str | Path, out: str | Path
     max_tokens = min(max_tokens, generator.model.cfg.max_seq_len - 64)
     rng = np.random.default_rng(seed)
     rows, arrays, written = [], [], Counter()
-    jobs = [(form, keys) for form in forms for keys in _chunks(range(per_form), batch_size)]
+    jobs = [(form, keys) for form in forms for keys in chunks(range(per_form), batch_size)]
     for n, (form, keys) in enumerate(tqdm(jobs, desc="dream", disable=not progress)):
         prompts = [generator.prompt(form, {letter: cache.ids(int(rng.choice(sources))) for letter in sorted(set(form))})
                    for _ in keys]
