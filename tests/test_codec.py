@@ -243,3 +243,43 @@ def test_adversarial_finetuning_starts_from_a_codec(tmp_path):
     meta = json.loads((export / "config.json").read_text())["extra"]
     assert meta["step"] == 2  # one step per batch although two optimizers step
     assert not any(k.startswith("discriminator") for k in load_codec(export).state_dict())
+
+
+def test_v3_phonetic_codebook_trains_with_ctc_from_a_plain_codec(tmp_path):
+    """Codebook 0 of a v3 codec is its own VQ read by a CTC phoneme head; it warm-starts from a v2-style codec
+    (its output projection starts at zero, so step 0 decodes as the source with its first 7 codebooks)."""
+    from cadenza.higgs_audio.codec.phonemes import PHONEME_CLASSES, phoneme_ids
+    from cadenza.higgs_audio.codec.training import CodecModule, train_codec, warm_start
+
+    assert phoneme_ids("ðə kˈæt.") == phoneme_ids("ðəkæt") and len(phoneme_ids("ðə kˈæt.")) == 5
+    init = build_tiny_codec(tmp_path / "init")
+    v3 = ["model.semantic_codebook=true", "model.semantic_dim=8", f"model.n_phonemes={PHONEME_CLASSES}"]
+    cfg = load_train_config(TINY_CONFIG, v3)
+    source, codec = load_codec(init), Codec(cfg.model).eval()
+    warm_start(codec, source)
+    wav = torch.from_numpy(speechlike(0.8))[None]
+    codec.train()
+    with torch.no_grad():  # k-means init of the new codebook 0
+        codec.semantic(codec.encoder(wav))
+    codec.eval()
+    codes = codec.encode(wav)
+    assert codes.shape == (1, 8, 20)
+    assert torch.equal(codes[:, 1:], source.encode(wav)[:, :7])
+    assert torch.allclose(codec.decode(codes), source.decode(codes[:, 1:]), atol=1e-5)
+    assert codec.decode(codes[:, :1]).shape == wav.shape and codec.phoneme_log_probs(wav).shape == (1, 20, PHONEME_CLASSES)
+
+    rows = []
+    for k, text in enumerate(["The cat sat.", "A dog ran far.", "Time flies.", "Hello there."]):
+        sf.write(tmp_path / f"{k}.wav", speechlike(1.0, seed=k), SR)
+        rows.append({"id": str(k), "audio": f"{k}.wav", "text": text, "speaker": "s", "duration": 1.0,
+                     "sample_rate": SR, "split": "train" if k < 3 else "val"})
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_train_config(TINY_CONFIG, [*v3, f"data.manifest={tmp_path / 'manifest.jsonl'}", "optim.max_steps=2",
+                                          "optim.ctc_weight=2.0", f"optim.init_from={init}", "data.phoneme_batch_size=2"])
+    export = train_codec(cfg, tmp_path / "run", progress=False)
+    metrics = (next((tmp_path / "run" / "logs").glob("version_*")) / "metrics.csv").read_text()
+    assert "train/ctc" in metrics and "val/phoneme_error_rate" in metrics
+    tok = load_audio_tokenizer(export)
+    assert tok.decode(tok.encode(speechlike(0.4), sr=SR)[:1]).shape[-1] == int(0.4 * SR)
+    with pytest.raises(ValueError, match="semantic_codebook"):
+        CodecModule(load_train_config(TINY_CONFIG).model.to_dict(), {"ctc_weight": 1.0})

@@ -110,9 +110,9 @@ def test_kokoro_mixtures_are_named_weights_of_its_style_tables() -> None:
 def test_plan_splits_are_disjoint_and_deterministic() -> None:
     sentences = collect_sentences([f"Sentence number {i} is here." for i in range(3000)])
     voices = default_voices()
-    plan = corpus.plan_corpus(sentences, voices, hours=2.0, seed=3)
-    assert plan == corpus.plan_corpus(sentences, voices, hours=2.0, seed=3)
-    assert plan != corpus.plan_corpus(sentences, voices, hours=2.0, seed=4)
+    plan = corpus.plan_corpus(sentences, voices, hours=8.0, seed=3)
+    assert plan == corpus.plan_corpus(sentences, voices, hours=8.0, seed=3)
+    assert plan != corpus.plan_corpus(sentences, voices, hours=8.0, seed=4)
     by_split = {s: {u.text for u in plan if u.split == s} for s in corpus.SPLITS}
     assert not by_split["train"] & (by_split["val"] | by_split["test"])
     assert not by_split["val"] & by_split["test"]
@@ -130,7 +130,7 @@ def test_plan_splits_are_disjoint_and_deterministic() -> None:
     for u in plan:
         seconds[u.speaker.id] += corpus.estimated_seconds(u.speaker, u.text)
     assert seconds["piper-joe"] > 0.25 * sum(seconds.values())
-    bigger = corpus.plan_corpus(sentences, voices, hours=3.0, seed=3)
+    bigger = corpus.plan_corpus(sentences, voices, hours=9.0, seed=3)
     assert {u.id for u in plan} <= {u.id for u in bigger}
 
 
@@ -242,3 +242,16 @@ def test_parallel_workers_build(tmp_path: Path) -> None:
         tmp_path, hours=0.002, seed=0, workers=2, sentences=SENTENCES, voices=voices, eval_fraction=0.1, progress=False
     )
     assert report.failed == [] and report.utterances == report.planned > 0
+
+
+def test_engines_limit_what_a_run_synthesizes_not_the_plan(tmp_path: Path) -> None:
+    voices = _tiny_voices()
+    if not engine_available("espeak"):
+        pytest.skip("needs espeak-ng")
+    build = dict(hours=0.004, seed=0, workers=1, sentences=SENTENCES, voices=voices, eval_fraction=0.1, progress=False)
+    report = corpus.build_speech_corpus(tmp_path, engines=["espeak"], **build)
+    rows = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert rows and {r["engine"] for r in rows} == {"espeak"} and report.failed == []
+    assert report.planned == len(corpus.plan_corpus(SENTENCES, voices, 0.004, 0, eval_fraction=0.1))
+    with pytest.raises(ValueError, match="unknown speech engines: festival"):
+        corpus.build_speech_corpus(tmp_path, engines=["festival"], **build)

@@ -14,6 +14,9 @@ def speech(
     hours: Annotated[float, typer.Option(help="Target hours of audio in total.", min=0.001)] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed for the sentence and speaker splits.")] = 0,
     workers: Annotated[int, typer.Option(help="Parallel synthesis processes.", min=1)] = 2,
+    engines: Annotated[str, typer.Option(
+        help="Synthesize only these engines' voices this run, comma-separated (piper, hibari, kokoro, flite, "
+             "espeak); the plan stays that of all voices. Default: all.")] = "",
 ) -> None:
     """Build a speech corpus: fortune-file sentences spoken by offline TTS voices, 24 kHz mono.
 
@@ -34,7 +37,8 @@ def speech(
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a killed background build writes its manifest
     try:
-        report = build_speech_corpus(out, hours=hours, seed=seed, workers=workers)
+        report = build_speech_corpus(out, hours=hours, seed=seed, workers=workers,
+                                     engines=[e.strip() for e in engines.split(",") if e.strip()] or None)
     except KeyboardInterrupt as exc:
         typer.echo(f"{out}: interrupted; the manifest lists the utterances synthesized so far", err=True)
         raise typer.Exit(130) from exc

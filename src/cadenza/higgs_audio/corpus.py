@@ -27,6 +27,7 @@ import random
 import subprocess
 import time
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ import soundfile as sf
 
 from cadenza.higgs_audio.corpus_text import collect_sentences
 from cadenza.higgs_audio.corpus_voices import (
+    ENGINES,
     JOE,
     SAMPLE_RATE,
     VoiceIdentity,
@@ -50,7 +52,7 @@ SPLITS = ("train", "val", "test")
 SECONDS_PER_WORD = {"piper": 0.26, "flite": 0.28, "espeak": 0.26, "kokoro": 0.3, "hibari": 0.3}
 # Share of the hours per speaker, by engine, relative to a flite/espeak speaker: the cheap natural voices
 # (Piper ~30x, hibari ~100x real time per core) speak more; Kokoro (about real time per core) less.
-SPEAKER_WEIGHT = {"piper": 2.0, "hibari": 2.0, "kokoro": 0.5, "flite": 1.0, "espeak": 1.0}
+SPEAKER_WEIGHT = {"piper": 2.0, "hibari": 2.0, "kokoro": 0.25, "flite": 1.0, "espeak": 1.0}
 SECONDS_PER_UTTERANCE = 0.5  # the kept silence margins and the final pause
 MIN_SECONDS_PER_WORD = 0.08  # shorter than this, the engine skipped words
 
@@ -200,13 +202,22 @@ def build_speech_corpus(
     joe_share: float = 0.3,
     eval_fraction: float = 0.05,
     progress: bool = True,
+    engines: Collection[str] | None = None,
 ) -> CorpusReport:
-    """Build (or complete) a speech corpus of about `hours` of audio in `out_dir`; see the module doc."""
+    """Build (or complete) a speech corpus of about `hours` of audio in `out_dir`; see the module doc.
+
+    `engines` limits this run's synthesis to those engines' voices (the plan, and so every speaker's budget,
+    stays that of all `voices`): the fast engines first, slow Kokoro later, and the manifest lists what exists.
+    """
     started = time.monotonic()
     out_dir = Path(out_dir)
     sentences = collect_sentences() if sentences is None else sentences
     voices = default_voices() if voices is None else voices
-    missing = sorted({v.engine for v in voices if not engine_available(v.engine)})
+    unknown = sorted(set(engines or ()) - set(ENGINES))
+    if unknown:
+        raise ValueError(f"unknown speech engines: {', '.join(unknown)}; known: {', '.join(ENGINES)}")
+    wanted = [v for v in voices if engines is None or v.engine in engines]
+    missing = sorted({v.engine for v in wanted if not engine_available(v.engine)})
     if missing:
         raise RuntimeError(
             f"speech engines not installed: {', '.join(missing)} "
@@ -217,6 +228,7 @@ def build_speech_corpus(
 
     todo = [u for u in plan if not _valid_wav(out_dir / u.audio)]
     report.skipped = len(plan) - len(todo)
+    todo = [u for u in todo if engines is None or u.speaker.engine in engines]
     todo = _interleave(todo)
     try:
         if todo:

@@ -34,6 +34,11 @@ class CodecConfig:
     threshold_ema_dead_code: float = 0.02  # EMA uses per batch: size it to frames per batch / codebook size
     commitment_weight: float = 1.0
     quantizer_dropout: float = 0.5  # share of training steps that use a random number of codebooks
+    # v3: codebook 0 is a separate "phonetic" VQ on a projection of the latent, trained with a CTC head over
+    # the transcript's phonemes; the other num_quantizers - 1 codebooks are a residual VQ of what it misses.
+    semantic_codebook: bool = False
+    semantic_dim: int = 64
+    n_phonemes: int = 0  # CTC head classes (phoneme symbols + blank); 0 = no head
     # decoder
     dec_dim: int = 384
     dec_blocks: int = 6

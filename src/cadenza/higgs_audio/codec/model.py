@@ -5,6 +5,11 @@
       -> latent (B, T, latent_dim) -> ResidualVQ (codes (B, n_q, T))
       -> ConvNeXt @25 Hz -> transposed conv x4 up -> ConvNeXt @100 Hz -> iSTFT head -> wav (B, T * 960)
 
+v3 (`semantic_codebook`): codebook 0 comes from its own VQ on a projection of the latent, and a CTC head on
+its output learns the transcript's phonemes from it (PAST, Interspeech 2025, with Mimi's split into a
+semantic VQ beside an acoustic RVQ); codebooks 1..7 quantize the residual. So the first code of a frame
+says what is spoken, which is what a small speech LM can learn from its text.
+
 Why this shape: on two CPU cores the costly part of a codec is the decoder's upsampling to the
 sample rate. Predicting STFT frames at 100 Hz and inverting them with one iSTFT (as Vocos and
 WavTokenizer do) skips every transposed-conv stage above 100 Hz, so most compute runs at 25 Hz.
@@ -19,7 +24,7 @@ import random
 import torch
 import torch.nn.functional as F
 from torch import nn
-from vector_quantize_pytorch import ResidualVQ
+from vector_quantize_pytorch import ResidualVQ, VectorQuantize
 
 from cadenza.higgs_audio.codec.config import CodecConfig
 from cadenza.higgs_audio.codec.modules import ConvNeXtBlock, ISTFTHead, LogMel, ceil_div, receptive_field_frames
@@ -82,17 +87,54 @@ class Decoder(nn.Module):
         return 1 + receptive_field_frames(cfg.dec_kernel, cfg.dec_blocks) + ceil_div(fine, cfg.upsample) + 1
 
 
+class SemanticQuantizer(nn.Module):
+    """Codebook 0 of a v3 codec: a VQ on a projection of the latent, with a CTC phoneme head on its output.
+
+    `proj_out` starts at zero, so a codec warm-started from a plain RVQ decodes exactly as before at step 0.
+    """
+
+    def __init__(self, cfg: CodecConfig):
+        super().__init__()
+        self.proj_in = nn.Linear(cfg.latent_dim, cfg.semantic_dim)
+        self.vq = VectorQuantize(
+            dim=cfg.semantic_dim, codebook_size=cfg.codebook_size, decay=cfg.ema_decay, kmeans_init=cfg.kmeans_init,
+            kmeans_iters=cfg.kmeans_iters, threshold_ema_dead_code=cfg.threshold_ema_dead_code,
+            commitment_weight=cfg.commitment_weight,
+        )
+        self.proj_out = nn.Linear(cfg.semantic_dim, cfg.latent_dim)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+        # A frame's phoneme from its code and its neighbours' (kernel 3: 120 ms), as CTC log-probabilities.
+        self.phoneme_head = nn.Sequential(
+            nn.Conv1d(cfg.semantic_dim, 256, 3, padding=1), nn.GELU(), nn.Conv1d(256, cfg.n_phonemes, 1),
+        ) if cfg.n_phonemes else None
+
+    def forward(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """latent (B, T, D) -> (its part in latent space, the quantized vectors, codes (B, T), commitment)."""
+        quantized, codes, commit = self.vq(self.proj_in(latent))
+        return self.proj_out(quantized), quantized, codes, commit.sum()
+
+    def from_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (B, T) -> their part in latent space (B, T, D)."""
+        return self.proj_out(self.vq.get_output_from_indices(codes))
+
+    def phoneme_log_probs(self, quantized: torch.Tensor) -> torch.Tensor:
+        """Quantized vectors (B, T, semantic_dim) -> CTC log-probabilities (B, T, n_phonemes)."""
+        return self.phoneme_head(quantized.transpose(1, 2)).transpose(1, 2).log_softmax(-1)
+
+
 class Codec(nn.Module):
-    """Encoder + residual VQ + decoder; `forward` is the training pass, the rest is inference."""
+    """Encoder + (semantic VQ +) residual VQ + decoder; `forward` is the training pass, the rest is inference."""
 
     def __init__(self, cfg: CodecConfig):
         super().__init__()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
+        self.semantic = SemanticQuantizer(cfg) if cfg.semantic_codebook else None
         self.quantizer = ResidualVQ(
             dim=cfg.latent_dim,
             codebook_dim=cfg.codebook_dim,
-            num_quantizers=cfg.num_quantizers,
+            num_quantizers=cfg.num_quantizers - int(cfg.semantic_codebook),
             codebook_size=cfg.codebook_size,
             decay=cfg.ema_decay,
             kmeans_init=cfg.kmeans_init,
@@ -104,17 +146,38 @@ class Codec(nn.Module):
         )
         self.decoder = Decoder(cfg)
 
+    def quantize(self, latent: torch.Tensor, acoustic: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """latent (B, T, D) -> (quantized latent, codes (B, n_q, T), commitment); `acoustic=False` keeps codebook 0 only."""
+        if self.semantic is None:
+            quantized, codes, commit = self.quantizer(latent)
+            return quantized, codes.transpose(1, 2), commit.sum()
+        part, _, semantic_codes, commit = self.semantic(latent)
+        if not acoustic:
+            return part, semantic_codes[:, None], commit
+        rest, codes, rest_commit = self.quantizer(latent - part)
+        return part + rest, torch.cat([semantic_codes[:, None], codes.transpose(1, 2)], 1), commit + rest_commit.sum()
+
     # --- training -------------------------------------------------------------------------------
     def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """wav (B, N), N a multiple of hop_length -> (reconstruction (B, N), commitment loss, codes (B, n_q, T))."""
         latent = self.encoder(wav)
+        acoustic = True
         if self.training and self.cfg.quantizer_dropout > 0:
             # The library drops codebooks on every step; doing it on a share of steps keeps the
             # full-bitrate reconstruction strong while fewer codebooks still decode.
-            self.quantizer.quantize_dropout = random.random() < self.cfg.quantizer_dropout
-        quantized, codes, commit = self.quantizer(latent)
-        recon = self.decoder(quantized)
-        return recon, commit.sum(), codes.transpose(1, 2)
+            dropout = random.random() < self.cfg.quantizer_dropout
+            self.quantizer.quantize_dropout = dropout
+            # With a semantic codebook, "the first 1" must decode too: as often as each other count.
+            acoustic = not (dropout and self.semantic is not None and random.random() < 1 / self.cfg.num_quantizers)
+        quantized, codes, commit = self.quantize(latent, acoustic)
+        return self.decoder(quantized), commit, codes
+
+    def phoneme_log_probs(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav (B, N) -> CTC log-probabilities (B, T, n_phonemes) read from codebook 0 alone (v3 codecs)."""
+        if self.semantic is None or self.semantic.phoneme_head is None:
+            raise ValueError("this codec has no phonetic codebook 0 (config semantic_codebook / n_phonemes)")
+        _, quantized, _, _ = self.semantic(self.encoder(self.pad_to_frames(wav)))
+        return self.semantic.phoneme_log_probs(quantized)
 
     # --- inference ------------------------------------------------------------------------------
     def pad_to_frames(self, wav: torch.Tensor) -> torch.Tensor:
@@ -126,18 +189,25 @@ class Codec(nn.Module):
     @torch.inference_mode()
     def encode(self, wav: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
         """(B, N) audio at 24 kHz -> codes (B, n_q, ceil(N / hop_length)) in one pass."""
-        latent = self.encoder(self.pad_to_frames(wav))
-        _, codes, _ = self.quantizer(latent)
-        codes = codes.transpose(1, 2)
+        _, codes, _ = self.quantize(self.encoder(self.pad_to_frames(wav)))
         return codes if n_q is None else codes[:, :n_q]
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (B, k, T) with k <= num_quantizers (the first k codebooks) -> audio (B, T * hop_length)."""
-        if codes.shape[1] < self.cfg.num_quantizers:
-            codes = F.pad(codes, (0, 0, 0, self.cfg.num_quantizers - codes.shape[1]), value=-1)
-        latent = self.quantizer.get_output_from_indices(codes.transpose(1, 2))
-        return self.decoder(latent)
+        return self.decoder(self.dequantize(codes))
+
+    def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (B, k, T) of the first k codebooks -> quantized latent (B, T, D)."""
+        latent = 0
+        if self.semantic is not None:
+            latent, codes = self.semantic.from_codes(codes[:, 0]), codes[:, 1:]
+            if codes.shape[1] == 0:
+                return latent
+        levels = len(self.quantizer.layers)
+        if codes.shape[1] < levels:
+            codes = F.pad(codes, (0, 0, 0, levels - codes.shape[1]), value=-1)
+        return latent + self.quantizer.get_output_from_indices(codes.transpose(1, 2))
 
     @torch.inference_mode()
     def encode_chunked(self, wav: torch.Tensor, chunk_frames: int = 750, context: int | None = None) -> torch.Tensor:

@@ -1,5 +1,8 @@
 """Training the codec with Lightning: random crops of corpus wavs, spectral losses, resumable runs.
 
+A v3 codec (`model.semantic_codebook`, `optim.ctc_weight > 0`) also reads whole utterances each step: the CTC
+head on codebook 0 must find the transcript's phonemes (espeak-ng IPA of the manifest text) in them.
+
 A run directory holds `config.yaml` (the resolved config), `checkpoints/` (Lightning `last.ckpt` and
 numbered step checkpoints, for resuming), `metrics.csv` logs and `export/` (safetensors + config.json,
 the shipped format), refreshed at every checkpoint.
@@ -39,6 +42,8 @@ class DataConfig:
     batch_size: int = 8
     gain_db: tuple[float, float] = (-12.0, 3.0)  # random level per crop: the codec must not care
     num_workers: int = 0
+    phoneme_batch_size: int = 4  # whole utterances per step for the CTC head (v3)
+    phoneme_max_seconds: float = 6.0  # longer utterances are left out of the CTC batches
 
 
 @dataclass
@@ -55,12 +60,15 @@ class OptimConfig:
     mel_weight: float = 15.0
     stft_weight: float = 1.0
     commit_weight: float = 1.0
+    ctc_weight: float = 0.0  # v3: CTC loss of codebook 0's phoneme head (PAST weighs it ~12 vs its recon losses)
     # optional adversarial fine-tuning (off when adv_weight == 0): spectrogram discriminators + feature matching
     adv_weight: float = 0.0
     fm_weight: float = 2.0
     disc_lr: float = 2e-4
     disc_channels: int = 128
-    init_from: str = ""  # a codec directory (save_codec) to start from, e.g. to fine-tune adversarially
+    # a codec directory (save_codec) to start from: every weight whose name and shape match is copied, so a
+    # v3 codec starts from v2's encoder, decoder and first 7 codebooks
+    init_from: str = ""
     threads: int = 1
     seed: int = 0
     accelerator: str = "cpu"
@@ -175,13 +183,46 @@ class RandomCropDataset(Dataset):
         return torch.from_numpy(np.clip(wav, -1.0, 1.0).astype(np.float32))
 
 
-class SpeechCropDataModule(L.LightningDataModule):
-    """Train crops (random, fresh every epoch) and fixed validation crops from a speech manifest."""
+class UtteranceDataset(Dataset):
+    """Whole utterances with their CTC phoneme targets, drawn at random (`length` items per epoch)."""
 
-    def __init__(self, data: DataConfig, model: CodecConfig, steps_per_epoch: int = 1000):
+    def __init__(self, rows: list[dict], max_seconds: float, length: int, seed: int | None = None):
+        from cadenza.higgs_audio.codec.phonemes import phoneme_ids
+        from cadenza.higgs_audio.text import phonemize_batch
+
+        rows = [r for r in rows if r["duration"] <= max_seconds]
+        if not rows:
+            raise ValueError(f"no utterances of at most {max_seconds} s for the phoneme head")
+        targets = [phoneme_ids(ipa) for ipa in phonemize_batch([r["text"] for r in rows])]
+        self.items = [(r["audio"], t) for r, t in zip(rows, targets) if t]
+        self.length, self.seed = length, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = random.Random(self.seed * 1_000_003 + index) if self.seed is not None else random
+        audio, target = self.items[rng.randrange(len(self.items))]
+        wav, _ = sf.read(audio, dtype="float32", always_2d=True)
+        return torch.from_numpy(wav.mean(axis=1)), torch.tensor(target)
+
+
+def collate_utterances(items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Zero-padded audio (B, N) with its lengths, and the concatenated CTC targets with theirs."""
+    wavs, targets = zip(*items)
+    return {"audio": torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True),
+            "audio_lengths": torch.tensor([len(w) for w in wavs]),
+            "targets": torch.cat(targets), "target_lengths": torch.tensor([len(t) for t in targets])}
+
+
+class SpeechCropDataModule(L.LightningDataModule):
+    """Train crops (random, fresh every epoch) and fixed validation crops from a speech manifest; with
+    `phonemes`, also whole utterances with phoneme targets (train: a dict of the two loaders; val: a list)."""
+
+    def __init__(self, data: DataConfig, model: CodecConfig, steps_per_epoch: int = 1000, phonemes: bool = False):
         super().__init__()
         self.data, self.model = data, model
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch, self.phonemes = steps_per_epoch, phonemes
 
     def _segment(self, seconds: float) -> int:
         hop = self.model.hop_length
@@ -196,12 +237,26 @@ class SpeechCropDataModule(L.LightningDataModule):
         val = read_manifest(d.manifest, d.val_split) or train
         self.train_set = RandomCropDataset(train, self._segment(d.segment_seconds), self.steps_per_epoch * d.batch_size, d.gain_db)
         self.val_set = RandomCropDataset(val, self._segment(d.val_segment_seconds), d.val_items, (0.0, 0.0), seed=1234)
+        if self.phonemes:
+            self.train_utterances = UtteranceDataset(train, d.phoneme_max_seconds, self.steps_per_epoch * d.phoneme_batch_size)
+            self.val_utterances = UtteranceDataset(val, d.phoneme_max_seconds, d.val_items, seed=1234)
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.data.batch_size, shuffle=False, num_workers=self.data.num_workers, drop_last=True)
+    def train_dataloader(self) -> DataLoader | dict[str, DataLoader]:
+        d = self.data
+        crops = DataLoader(self.train_set, batch_size=d.batch_size, shuffle=False, num_workers=d.num_workers, drop_last=True)
+        if not self.phonemes:
+            return crops
+        utterances = DataLoader(self.train_utterances, batch_size=d.phoneme_batch_size, num_workers=d.num_workers,
+                                collate_fn=collate_utterances, drop_last=True)
+        return {"crops": crops, "utterances": utterances}
 
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.data.batch_size, num_workers=self.data.num_workers)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        d = self.data
+        crops = DataLoader(self.val_set, batch_size=d.batch_size, num_workers=d.num_workers)
+        if not self.phonemes:
+            return crops
+        return [crops, DataLoader(self.val_utterances, batch_size=d.phoneme_batch_size, num_workers=d.num_workers,
+                                  collate_fn=collate_utterances)]
 
 
 # --- module ---------------------------------------------------------------------------------------
@@ -230,20 +285,43 @@ class CodecModule(L.LightningModule):
 
             self.discriminator = MultiResolutionDiscriminator(channels=o.disc_channels)
             self.automatic_optimization = False
+        if o.ctc_weight > 0:
+            from cadenza.higgs_audio.codec.phonemes import PHONEME_CLASSES
+
+            if self.codec.semantic is None or self.cfg.n_phonemes != PHONEME_CLASSES:
+                raise ValueError("optim.ctc_weight > 0 needs a phonetic codebook 0: set model.semantic_codebook: true "
+                                 f"and model.n_phonemes: {PHONEME_CLASSES}")
         if o.init_from:
             from cadenza.higgs_audio.codec.api import load_codec
 
-            self.codec.load_state_dict(load_codec(o.init_from).state_dict())
+            warm_start(self.codec, load_codec(o.init_from))
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+    def phoneme_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """CTC loss of codebook 0's phoneme head on whole utterances, its log-probabilities and frame counts."""
+        import torch.nn.functional as F
+
+        log_probs = self.codec.phoneme_log_probs(batch["audio"])
+        frames = (batch["audio_lengths"] + self.cfg.hop_length - 1) // self.cfg.hop_length
+        loss = F.ctc_loss(log_probs.transpose(0, 1), batch["targets"], frames, batch["target_lengths"],
+                          zero_infinity=True)
+        return loss, log_probs, frames
+
+    def training_step(self, batch: torch.Tensor | dict, batch_idx: int) -> torch.Tensor:
+        utterances = batch.get("utterances") if isinstance(batch, dict) else None
+        batch = batch["crops"] if isinstance(batch, dict) else batch
         if self.discriminator is not None:
             return self._adversarial_step(batch)
-        if not all(bool(layer._codebook.initted) for layer in self.codec.quantizer.layers):
+        layers = [*self.codec.quantizer.layers] + ([self.codec.semantic.vq] if self.codec.semantic is not None else [])
+        if not all(bool(layer._codebook.initted) for layer in layers):
             self.codec.quantizer.quantize_dropout = False  # k-means init every codebook on one batch
             recon, commit, codes = self._forward_no_dropout(batch)
         else:
             recon, commit, codes = self.codec(batch)
         loss, parts = self.loss(recon, batch, commit)
+        if utterances is not None:
+            ctc, _, _ = self.phoneme_loss(utterances)
+            loss = loss + self.optim_cfg.ctc_weight * ctc
+            self.log("train/ctc", ctc.detach(), prog_bar=True)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/mel", parts["mel"], prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in parts.items() if k != "mel"}, prog_bar=False)
@@ -287,14 +365,20 @@ class CodecModule(L.LightningModule):
         finally:
             self.cfg.quantizer_dropout = p
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+    def validation_step(self, batch: torch.Tensor | dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx == 1:  # whole utterances: how well codebook 0 alone tells the phonemes
+            ctc, log_probs, frames = self.phoneme_loss(batch)
+            self.log("val/ctc", ctc, add_dataloader_idx=False, sync_dist=True)
+            self.log("val/phoneme_error_rate", greedy_phoneme_error_rate(log_probs, frames, batch),
+                     add_dataloader_idx=False, sync_dist=True)
+            return
         recon, commit, codes = self.codec(batch)
         loss, parts = self.loss(recon, batch, commit)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
-        self.log_dict({f"val/{k}": v for k, v in parts.items()}, sync_dist=True)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, add_dataloader_idx=False)
+        self.log_dict({f"val/{k}": v for k, v in parts.items()}, sync_dist=True, add_dataloader_idx=False)
         # codebook use: a codec whose later codebooks collapse wastes bitrate
         used = [torch.unique(codes[:, q]).numel() / self.cfg.codebook_size for q in range(codes.shape[1])]
-        self.log("val/codebook_use", float(np.mean(used)), sync_dist=True)
+        self.log("val/codebook_use", float(np.mean(used)), sync_dist=True, add_dataloader_idx=False)
 
     def configure_optimizers(self):
         o = self.optim_cfg
@@ -312,6 +396,27 @@ class CodecModule(L.LightningModule):
         opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=o.disc_lr, betas=o.betas)
         sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, schedule)
         return [opt, opt_d], [{"scheduler": sched, "interval": "step"}, {"scheduler": sched_d, "interval": "step"}]
+
+
+def greedy_phoneme_error_rate(log_probs: torch.Tensor, frames: torch.Tensor, batch: dict[str, torch.Tensor]) -> float:
+    """Edit distance of the greedy CTC reading of each utterance to its phonemes, over the phoneme count."""
+    from cadenza.higgs_audio.speech_metrics import edit_distance
+
+    errors = total = 0
+    targets = batch["targets"].split(batch["target_lengths"].tolist())
+    for best, n, target in zip(log_probs.argmax(-1), frames.tolist(), targets):
+        read = torch.unique_consecutive(best[:n])
+        read = read[read != 0].tolist()
+        errors += edit_distance(target.tolist(), read)
+        total += len(target)
+    return errors / max(1, total)
+
+
+def warm_start(codec: Codec, source: Codec) -> None:
+    """Copy every weight of `source` whose name and shape match into `codec` (the rest keeps its init)."""
+    own = codec.state_dict()
+    matching = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
+    codec.load_state_dict(matching, strict=False)
 
 
 class ExportCallback(L.Callback):
@@ -368,7 +473,7 @@ def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, resume: bool = False
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     module = CodecModule(cfg.to_dict()["model"], cfg.to_dict()["optim"])
-    data = SpeechCropDataModule(cfg.data, cfg.model)
+    data = SpeechCropDataModule(cfg.data, cfg.model, phonemes=o.ctc_weight > 0)
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
         every_n_train_steps=o.checkpoint_every, save_top_k=o.keep_checkpoints, monitor="step", mode="max", save_last=True,
