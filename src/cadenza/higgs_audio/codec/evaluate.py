@@ -108,8 +108,10 @@ def _stoi(ref16: np.ndarray, deg16: np.ndarray) -> float:
     return float(stoi(ref16, deg16, 16000, extended=False))
 
 
-def evaluate_codec(tokenizer, clips: list[Clip], model_name: str = "", keep_text: bool = True, progress: bool = True) -> EvalReport:
-    """Resynthesize every clip and measure it; return per-group aggregates and per-clip rows."""
+def evaluate_codec(tokenizer, clips: list[Clip], model_name: str = "", keep_text: bool = True, progress: bool = True,
+                   codebooks: int | None = None) -> EvalReport:
+    """Resynthesize every clip from its first `codebooks` codes (default all) and measure it; return per-group
+    aggregates and per-clip rows. `codebooks=1` tells whether codebook 0 alone carries the words."""
     from tqdm import tqdm
 
     started = time.monotonic()
@@ -119,7 +121,7 @@ def evaluate_codec(tokenizer, clips: list[Clip], model_name: str = "", keep_text
     results = []
     for clip in tqdm(clips, desc="eval-codec", unit="clip", disable=not progress):
         original, _ = read_audio(clip.audio, sr=sr)
-        resynth = tokenizer.decode(tokenizer.encode(original, sr=sr))[: len(original)]
+        resynth = tokenizer.decode(tokenizer.encode(original, sr=sr)[:codebooks])[: len(original)]
         o16, r16 = resample(original, sr, 16000), resample(resynth, sr, 16000)
         ref_words = normalize_words(clip.text)
         hyp_o, hyp_r = transcribe(o16), transcribe(r16)
@@ -132,7 +134,9 @@ def evaluate_codec(tokenizer, clips: list[Clip], model_name: str = "", keep_text
             hyp_original=hyp_o if keep_text else "", hyp_resynth=hyp_r if keep_text else "",
         ))
     cfg = tokenizer.cfg
-    report = EvalReport(model=model_name, bitrate_bps=cfg.bitrate, frames_per_second=cfg.frame_rate, codebooks=cfg.num_quantizers)
+    used = codebooks or cfg.num_quantizers
+    report = EvalReport(model=model_name, bitrate_bps=cfg.bitrate * used / cfg.num_quantizers,
+                        frames_per_second=cfg.frame_rate, codebooks=used)
     groups = defaultdict(list)
     for r in results:
         groups[r.group].append(r)
