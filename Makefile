@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages: MIDI rendering (fluidsynth + a GM soundfont), speech engines (flite, espeak-ng), sentences
 # (fortunes), jemalloc (faster CPU training: scripts/train_speech_small.sh), and Festival voices, which are
-# held out: used only to evaluate on voices never trained on.
+# held out: used only to evaluate on voices never trained on; chromium + its driver for the web UI's browser test.
 APT_PACKAGES := fluidsynth fluid-soundfont-gm flite espeak-ng fortunes fortunes-min libjemalloc2 \
-	festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+	festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium chromium-driver
 STAMP := $(VENV)/.setup-done
 
 .PHONY: setup demo test bench clean

@@ -2,7 +2,7 @@
 
 import typer
 
-from cadenza.cli import data, music, speech, speech_generate  # noqa: F401  (speech_generate adds commands to speech)
+from cadenza.cli import data, music, serve, speech, speech_generate  # noqa: F401  (speech_generate adds commands to speech)
 
 app = typer.Typer(
     help="cadenza: structure-aware music (Staria) and speech (Higgs Audio) generation.",
@@ -12,3 +12,4 @@ app = typer.Typer(
 app.add_typer(music.app, name="music", help="Symbolic music: tokenize, detokenize, (later) train and generate.")
 app.add_typer(data.app, name="data", help="Build corpora: music21, MIDI folders, synthetic structured pieces, speech.")
 app.add_typer(speech.app, name="speech", help="Speech: the audio tokenizer (codec) and the Higgs Audio LM: train, generate, evaluate.")
+app.command("serve")(serve.serve)
