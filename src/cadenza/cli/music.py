@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from tqdm import tqdm
 
+from cadenza.cli.music_common import err, fail
 from cadenza.cli.music_eval_classifier import eval_classifier
 from cadenza.cli.music_evaluate import evaluate
 from cadenza.cli.music_generate import generate
@@ -18,7 +18,6 @@ app = typer.Typer(no_args_is_help=True)
 app.command("generate")(generate)
 app.command("evaluate")(evaluate)
 app.command("eval-classifier")(eval_classifier)
-err = Console(stderr=True)
 
 
 @app.command()
@@ -56,10 +55,14 @@ def detokenize(
     """Turn token lines back into MIDI files (NAME.mid per line; invalid tokens dropped and counted)."""
     from cadenza.staria import StariaTokenizer
 
+    try:
+        lines = tokens_jsonl.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        fail(f"{tokens_jsonl}: cannot read token lines ({getattr(e, 'strerror', None) or e})")
     tok = StariaTokenizer()
     out_dir.mkdir(parents=True, exist_ok=True)
     written = skipped = 0
-    for number, line in enumerate(tokens_jsonl.read_text().splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -121,15 +124,16 @@ def train(
 
     The trained weights are exported to RUN_DIR/model (safetensors + config.json).
     """
-    from cadenza.core.checkpoint import ConfigError
+    from cadenza.core.checkpoint import CheckpointError
     from cadenza.staria.train import train as run
 
     try:
         export = run(task, config, overrides or [], resume=resume, devices=devices, num_nodes=num_nodes,
                      strategy=strategy)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        err.print(f"[red]error[/red] {e}")
-        raise typer.Exit(2)
+    except (CheckpointError, FileNotFoundError) as e:
+        fail(str(e))
+    except ValueError as e:  # a config or override that does not fit (ConfigError is one)
+        raise typer.BadParameter(str(e)) from e
     err.print(f"model exported to {export}")
 
 
@@ -143,14 +147,15 @@ def export(
     half: bool = typer.Option(False, "--half", help="Store weights as float16 (half the size; for shipping)."),
 ) -> None:
     """Export a checkpoint of a training run (still going or stopped) as a model directory."""
-    from cadenza.core.checkpoint import CheckpointError, ConfigError
+    from cadenza.core.checkpoint import CheckpointError
     from cadenza.staria.train import export as run
 
     try:
         path = run(task, config, overrides or [], checkpoint=checkpoint, out=out, half=half)
-    except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as e:
-        err.print(f"[red]error[/red] {e}")
-        raise typer.Exit(2)
+    except (CheckpointError, FileNotFoundError) as e:
+        fail(str(e))
+    except ValueError as e:  # a config or override that does not fit (ConfigError is one)
+        raise typer.BadParameter(str(e)) from e
     err.print(f"model exported to {path}")
 
 

@@ -10,19 +10,19 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from cadenza.cli.music_common import err, write_json
+from cadenza.cli.music_common import err, fail, write_json
 
 
 def eval_classifier(
     model: Path = typer.Argument(..., help="Exported classifier directory (RUN_DIR/model)."),
     corpus: Path = typer.Argument(..., help="Synthetic corpus directory (pieces with section tokens)."),
     split: str = typer.Option("test", "--split", help="Corpus split: train, val or test."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="At most this many pieces, spread over the split."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many pieces, spread over the split."),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help="JSON report (default MODEL/classifier_eval_SPLIT.json)."),
     switch_cost: Optional[float] = typer.Option(None, "--switch-cost", help="Cost per section change when decoding "
                                                 "letters (0: token-wise argmax; default: forms.SWITCH_COST)."),
-    threads: int = typer.Option(1, help="Torch threads."),
+    threads: int = typer.Option(1, min=1, help="Torch threads."),
 ) -> None:
     """Per-token accuracy, form exact match (form head and per-token labels), per-form breakdown and
     letter confusion of a section classifier on held-out synthetic pieces. Prints a table, writes JSON."""
@@ -31,16 +31,12 @@ def eval_classifier(
     from cadenza.core.checkpoint import CheckpointError
     from cadenza.staria.classifier_eval import evaluate_classifier
 
-    if limit is not None and limit < 1:
-        err.print("[red]error[/red] --limit must be >= 1")
-        raise typer.Exit(2)
     torch.set_num_threads(threads)
     try:
         decoding = {} if switch_cost is None else {"switch_cost": switch_cost}
         report = evaluate_classifier(model, corpus, split=split, limit=limit, **decoding)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
-        err.print(f"[red]error[/red] {e}")
-        raise typer.Exit(2)
+        fail(str(e))
     print_classifier_report(report, Console())
     path = write_json(report, out if out is not None else model / f"classifier_eval_{split}.json")
     err.print(f"report -> {path}")

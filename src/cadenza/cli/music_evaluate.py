@@ -10,12 +10,13 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from cadenza.cli.music_common import err, write_json
+from cadenza.cli.music_common import err, fail, form_option, write_json
 
 
 def evaluate(
     directory: Path = typer.Argument(..., help="Folder of MIDI files (searched recursively)."),
-    form: Optional[str] = typer.Option(None, "--form", "-f", help="Requested form, e.g. ABA: the markers must spell it."),
+    form: Optional[str] = typer.Option(None, "--form", "-f", callback=form_option,
+                                       help="Requested form, e.g. ABA: the markers must spell it."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON report (default DIRECTORY/evaluation.json)."),
     classifier: Optional[Path] = typer.Option(None, "--classifier", help="Section classifier export: also report "
                                               "the form it hears in each piece (markers removed)."),
@@ -35,19 +36,11 @@ def evaluate(
     """
     from cadenza.core.checkpoint import CheckpointError
     from cadenza.staria.evaluate import evaluate_dir, heldout_perplexity
-    from cadenza.staria.forms import validate_form
     from cadenza.staria.generate import StariaGenerator
     from cadenza.staria.labeller import SectionLabeller
 
-    if form is not None:
-        try:
-            validate_form(form)
-        except ValueError as e:
-            err.print(f"[red]error[/red] --form: {e}")
-            raise typer.Exit(2)
     if (model is None) != (heldout is None):
-        err.print("[red]error[/red] --model and --heldout go together")
-        raise typer.Exit(2)
+        raise typer.BadParameter("--model and --heldout go together")
     try:
         classifier_fn = None
         if classifier is not None:
@@ -58,8 +51,7 @@ def evaluate(
             report["heldout"] = heldout_perplexity(StariaGenerator.from_pretrained(model).nll, heldout,
                                                    limit=heldout_limit)
     except (FileNotFoundError, CheckpointError, ValueError) as e:
-        err.print(f"[red]error[/red] {e}")
-        raise typer.Exit(2)
+        fail(str(e))
     print_report(report, Console())
     if "heldout" in report:
         h = report["heldout"]
@@ -68,8 +60,7 @@ def evaluate(
     path = write_json(report, out or directory / "evaluation.json")
     err.print(f"report -> {path}")
     if report["n_evaluated"] == 0:
-        err.print(f"[red]error[/red] {directory}: no MIDI file could be evaluated")
-        raise typer.Exit(1)
+        fail(f"{directory}: no MIDI file could be evaluated")
     raise typer.Exit(1 if report["skipped"] else 0)
 
 

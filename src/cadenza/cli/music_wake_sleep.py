@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-err = Console(stderr=True)
+from cadenza.cli.music_common import err, fail
 
 
 def print_wake_report(report: dict, console: Console = err) -> None:
@@ -72,7 +72,7 @@ def wake_sleep(
 
     Under DDP (e.g. generator.train.devices=2) every rank re-runs this command: train one --stage at a time.
     """
-    from cadenza.core.checkpoint import ConfigError
+    from cadenza.core.checkpoint import CheckpointError
     from cadenza.staria.wake_sleep import WakeConfig, WakeSleep
 
     try:
@@ -88,9 +88,10 @@ def wake_sleep(
             resume=resume, seed=seed, progress=err.is_terminal,
         )
         reports = run.run(stage, rounds=rounds, only_round=round_)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        err.print(f"[red]error[/red] {e}")
-        raise typer.Exit(2)
+    except (CheckpointError, FileNotFoundError) as e:
+        fail(str(e))
+    except ValueError as e:  # a missing option, an unknown stage, a config that does not fit
+        raise typer.BadParameter(str(e)) from e
     for report in reports:
         print_wake_report(report)
         err.print(f"report: {Path(report['out']) / 'wake_report.json'}")

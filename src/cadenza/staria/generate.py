@@ -20,6 +20,7 @@ Decoding runs on `CachedDecoder` (KV cache, one decoder step per token) under th
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -45,6 +46,7 @@ PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained" / "staria
 NEG_INF = float("-inf")
 FREE, NEEDS_ONSET, NEEDS_DURATION = range(3)
 REPEAT_MODES = ("copy", "free")
+MIN_SECTION_TOKENS = 16  # the smallest token budget of a section (about five notes)
 
 
 @dataclass
@@ -94,6 +96,12 @@ class _Row:
         """This section's budget: a repeated letter takes as long as its first occurrence did."""
         first = self.plan.index(self.plan[self.section])
         return self.lengths[first] if first < self.section else self.budget
+
+
+def min_max_tokens(form: str, head: int = 3, max_fraction: float = 1.3) -> int:
+    """The fewest `max_tokens` that leave every section of `form` MIN_SECTION_TOKENS of budget, after a
+    head of `head` tokens (instrument prefix, <S>, first section token: 3 for one instrument)."""
+    return head + len(form) + math.ceil(MIN_SECTION_TOKENS * len(form) * max_fraction)
 
 
 class StariaGenerator:
@@ -168,6 +176,12 @@ class StariaGenerator:
         if cfg.repeat not in REPEAT_MODES:
             raise ValueError(f"unknown repeat mode {cfg.repeat!r}; known: {', '.join(REPEAT_MODES)}")
         tok, batch, guided = self.tok, len(prompts), cfg.cfg_scale != 1.0
+        heads = [tok.instrument_prefix(p) + [tok.bos_id, tok.section_token_id(form[0])] for p in prompts]
+        width = max(len(h) for h in heads)
+        shortest = min_max_tokens(form, width, cfg.max_fraction)
+        if cfg.section_tokens is None and cfg.max_tokens < shortest:
+            raise ValueError(f"max_tokens {cfg.max_tokens} is too few for form {form}: give at least {shortest} "
+                             f"({MIN_SECTION_TOKENS} per section)")
         generator = make_generator(cfg.seed)
         prompt_batch = pad_sequence([torch.as_tensor(p) for p in prompts], batch_first=True, padding_value=tok.pad_id)
         prompt_mask = prompt_batch != tok.pad_id
@@ -176,11 +190,8 @@ class StariaGenerator:
             uncond_mask[:, UNCONDITIONAL_LEN:] = False
             prompt_batch, prompt_mask = torch.cat([prompt_batch, prompt_batch]), torch.cat([prompt_mask, uncond_mask])
         state = self.decoder.start(self.model.encode(prompt_batch, prompt_mask), prompt_mask, cfg.max_tokens + 64)
-
-        heads = [tok.instrument_prefix(p) + [tok.bos_id, tok.section_token_id(form[0])] for p in prompts]
-        width = max(len(h) for h in heads)
         # Budgets such that every section may run to max_fraction and the piece still fits max_tokens.
-        budget = cfg.section_tokens or max(16, int((cfg.max_tokens - width - len(form)) / (len(form) * cfg.max_fraction)))
+        budget = cfg.section_tokens or int((cfg.max_tokens - width - len(form)) / (len(form) * cfg.max_fraction))
         # Rows with fewer instruments repeat their first prefix token so that the batch starts aligned.
         padding = [width - len(h) for h in heads]
         heads = [[h[0]] * pad + h for h, pad in zip(heads, padding)]
