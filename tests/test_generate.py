@@ -101,6 +101,30 @@ def test_chords_are_capped_and_never_double_a_note(model):
         assert np.unique(events.onset_ms, return_counts=True)[1].max() <= 3
 
 
+def test_a_note_of_the_chord_at_a_segments_last_onset_cannot_start_again(model):
+    """The state in which an undertrained model doubled a note: its chord sits at the segment's last onset,
+    so the note could not move to a later one. Logits that want that note above all must not get it."""
+    from cadenza.staria.generate import FREE, _Row
+
+    gen = StariaGenerator(model)
+    tok = gen.tok
+    head = tok.instrument_prefix(_snippets(tok, "A")["A"]) + [tok.bos_id, tok.section_token_id("A")]
+    candidates = gen._candidates([head])
+    note = tok.encode([("piano", 89, 100)])[0]
+    weights = {state: torch.zeros(len(ids), model.cfg.dim) for state, ids in candidates.items()}
+    weights[FREE][candidates[FREE].tolist().index(note)] = 1.0  # the model wants this note and nothing else
+    last_onset = gen.onsets.stop - 1
+    row = _Row("AB", 100, head + [note, last_onset, tok.encode([("dur", 500)])[0]], last_onset, 1000,
+               chord=[gen.note_key[note]])
+    cfg = GenerationConfig(temperature=0)
+    picked = gen._sample(torch.ones(1, model.cfg.dim), [row], cfg, 1, candidates, weights,
+                         gen._bias_tables(candidates), None)
+    assert picked[0] != note and gen.note_key[picked[0]] != gen.note_key[note]
+    row.onset_floor = last_onset - 1  # an earlier onset: the note may start again later in the segment
+    assert gen._sample(torch.ones(1, model.cfg.dim), [row], cfg, 1, candidates, weights,
+                       gen._bias_tables(candidates), None)[0] == note
+
+
 def test_unknown_repeat_mode_is_an_error(model):
     gen = StariaGenerator(model)
     with pytest.raises(ValueError, match="repeat mode"):

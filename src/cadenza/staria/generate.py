@@ -115,6 +115,7 @@ class StariaGenerator:
         self.kinds = torch.as_tensor(self.tok.kinds(np.arange(self.tok.vocab_size)))
         features = self.tok.note_features()
         self.note_key = (features[:, 2] * 1000 + features[:, 0]).tolist()  # instrument and pitch of a note id
+        self.note_keys = torch.as_tensor(self.note_key)  # the same, to mask candidates (the list is faster per token)
         self.onsets = slice(*self.tok.onset_range)
         self.durations = slice(*self.tok.duration_range)
 
@@ -277,9 +278,19 @@ class StariaGenerator:
                 logits = uncond + cfg.cfg_scale * (logits - uncond)
             if state in biases:
                 logits = logits + biases[state][[self._bias_row(rows[i], cfg) for i in members]]
+            if state == FREE:
+                self._block_chord_at_last_onset(logits, [rows[i] for i in members], ids)
             for i, token in zip(members, ids[sample(logits, sampling, generator)].tolist()):
                 picked[i] = self._forced(rows[i], cfg) or token
         return picked
+
+    def _block_chord_at_last_onset(self, logits: torch.Tensor, rows: list[_Row], ids: torch.Tensor) -> None:
+        """Mask (in place) the notes of a row's chord when it sits at the segment's last onset: such a note
+        has no later onset to move to (see `_bias_row`), so picking it would start it twice."""
+        last = self.onsets.stop - 1
+        for j, row in enumerate(rows):
+            if row.chord and row.onset_floor == last:
+                logits[j, torch.isin(self.note_keys[ids], torch.tensor(row.chord))] = NEG_INF
 
     def _forced(self, row: _Row, cfg: GenerationConfig) -> int | None:
         """The planned section token (or <E>) once a section has used up its budget, at a note boundary."""
