@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from cadenza.higgs_audio.codec.api import SHIPPED_DIR, load_codec
+from cadenza.higgs_audio.codec.config import CodecConfig
 from cadenza.higgs_audio.codec.model import Codec
-from cadenza.higgs_audio.codec.training import load_train_config
+from cadenza.higgs_audio.codec.training import load_codec_config
 
 RESULTS = Path(__file__).parent / "results" / "codec.json"
 SMALL_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "codec_small.yaml"
@@ -84,7 +85,7 @@ def main() -> None:
     if model_dir is not None:
         codec, source = load_codec(model_dir), str(model_dir)
     else:
-        codec, source = Codec(load_train_config(SMALL_CONFIG).model).eval(), "random weights, configs/codec_small.yaml"
+        codec, source = Codec(CodecConfig.from_dict(load_codec_config(SMALL_CONFIG)["model"])).eval(), "random weights, configs/codec_small.yaml"
     cfg = codec.cfg
     rng = np.random.default_rng(0)
     n = int(args.seconds * cfg.sample_rate)

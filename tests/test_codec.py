@@ -12,13 +12,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from typer.testing import CliRunner
 
 from cadenza.core.audio import AudioError
+from cadenza.core.checkpoint import ConfigError
+from cadenza.cli import app
 from cadenza.higgs_audio.codec import load_audio_tokenizer
 from cadenza.higgs_audio.codec.api import SHIPPED_DIR, load_codec, save_codec
 from cadenza.higgs_audio.codec.config import CodecConfig
 from cadenza.higgs_audio.codec.model import Codec, Decoder
-from cadenza.higgs_audio.codec.training import load_train_config
+from cadenza.higgs_audio.codec.training import load_codec_config
 
 torch.set_num_threads(1)  # tiny models: threads only add overhead (and fight other work on 2 cores)
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "codec_tiny.yaml"
@@ -26,7 +29,7 @@ SR = 24000
 
 
 def tiny_config() -> CodecConfig:
-    return load_train_config(TINY_CONFIG).model
+    return CodecConfig.from_dict(load_codec_config(TINY_CONFIG)["model"])
 
 
 def build_tiny_codec(out_dir: Path) -> Path:
@@ -184,12 +187,27 @@ def test_save_load_roundtrip(tok, tmp_path):
 def test_config_rejects_unknown_keys(tmp_path):
     with pytest.raises(ValueError, match="unknown codec config keys: colour"):
         CodecConfig.from_dict({"colour": 1})
-    with pytest.raises(ValueError, match="section.key=value"):
-        load_train_config(TINY_CONFIG, ["max_steps=3"])
+    with pytest.raises(ValueError, match="unknown key 'max_steps'"):
+        load_codec_config(TINY_CONFIG, ["max_steps=3"])
+
+
+def test_old_codec_config_format_is_a_migration_error(tmp_path):
+    """Configs and overrides of the first codec runs (an `optim` section) say where each key moved."""
+    old = tmp_path / "old.yaml"
+    old.write_text("data:\n  batch_size: 8\noptim:\n  lr: 1.0e-3\n  checkpoint_every: 250\n  ctc_weight: 2.0\n")
+    with pytest.raises(ConfigError, match="instead of `optim`") as error:
+        load_codec_config(old)
+    for move in ("optim.lr -> train.lr", "optim.checkpoint_every -> train.checkpoint_every_n_steps",
+                 "optim.ctc_weight -> task.ctc_weight", "data.batch_size -> train.batch_size"):
+        assert move in str(error.value)
+    with pytest.raises(ConfigError, match="optim.max_steps -> train.max_steps"):
+        load_codec_config(TINY_CONFIG, ["optim.max_steps=3"])
+    result = CliRunner().invoke(app, ["speech", "train-codec", "--config", str(old), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "optim.lr -> train.lr" in result.output and not (tmp_path / "run").exists()
 
 
 def test_training_runs_resumes_and_exports(tmp_path):
-    from cadenza.higgs_audio.codec.training import train_codec
+    from cadenza.higgs_audio.codec.training import train
 
     rows = []
     for k in range(4):
@@ -200,23 +218,26 @@ def test_training_runs_resumes_and_exports(tmp_path):
                      "sample_rate": SR, "split": "train" if k < 3 else "val"})
     manifest = tmp_path / "corpus" / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = load_train_config(TINY_CONFIG, [f"data.manifest={manifest}", "optim.max_steps=2"])
+    overrides = [f"data.manifest={manifest}", "train.max_steps=2"]
     run = tmp_path / "run"
-    export = train_codec(cfg, run, progress=False)
-    assert (run / "checkpoints" / "last.ckpt").exists()
+    export = train(TINY_CONFIG, overrides, run_dir=run)
+    assert export == run / "model" and (run / "checkpoints" / "last.ckpt").exists()
     with pytest.raises(FileExistsError):
-        train_codec(cfg, run, progress=False)
+        train(TINY_CONFIG, overrides, run_dir=run)
     # A run directory that moved (copied from another machine) still resumes from its newest state every
     # time: last.ckpt is overwritten, never versioned as last-v1.ckpt.
     moved = tmp_path / "moved"
     shutil.copytree(run, moved)
     for steps in (3, 4):
-        cfg.optim.max_steps = steps
-        export = train_codec(cfg, moved, resume=True, progress=False)
+        export = train(TINY_CONFIG, [*overrides, f"train.max_steps={steps}"], run_dir=moved, resume=True)
         assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == steps
     assert not list((moved / "checkpoints").glob("last-v*.ckpt"))
     tok = load_audio_tokenizer(export)
     assert json.loads((export / "config.json").read_text())["extra"]["step"] == 4
+    step2 = tmp_path / "step2"  # any checkpoint of a run exports to the same shipped format
+    result = CliRunner().invoke(app, ["speech", "export-codec", str(moved / "checkpoints" / "step0000002.ckpt"), str(step2)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((step2 / "config.json").read_text())["extra"]["step"] == 2 and load_codec(step2)
     assert tuple(tok.encode(speechlike(0.4), sr=SR).shape) == (8, 10)
 
 
@@ -231,15 +252,15 @@ def test_shipped_codec_loads():
 
 
 def test_adversarial_finetuning_starts_from_a_codec(tmp_path):
-    from cadenza.higgs_audio.codec.training import train_codec
+    from cadenza.higgs_audio.codec.training import train
 
     init = build_tiny_codec(tmp_path / "init")
     sf.write(tmp_path / "a.wav", speechlike(1.0), SR)
     row = {"id": "a", "audio": "a.wav", "text": "hi", "speaker": "s", "duration": 1.0, "sample_rate": SR, "split": "train"}
     (tmp_path / "manifest.jsonl").write_text(json.dumps(row) + "\n")
-    cfg = load_train_config(TINY_CONFIG, [f"data.manifest={tmp_path / 'manifest.jsonl'}", "optim.max_steps=2",
-                                          "optim.adv_weight=1.0", f"optim.init_from={init}", "optim.disc_channels=8"])
-    export = train_codec(cfg, tmp_path / "run", progress=False)
+    export = train(TINY_CONFIG, [f"data.manifest={tmp_path / 'manifest.jsonl'}", "train.max_steps=2",
+                                 "task.adv_weight=1.0", f"task.init_from={init}", "task.disc_channels=8"],
+                   run_dir=tmp_path / "run")
     meta = json.loads((export / "config.json").read_text())["extra"]
     assert meta["step"] == 2  # one step per batch although two optimizers step
     assert not any(k.startswith("discriminator") for k in load_codec(export).state_dict())
@@ -249,13 +270,13 @@ def test_v3_phonetic_codebook_trains_with_ctc_from_a_plain_codec(tmp_path):
     """Codebook 0 of a v3 codec is its own VQ read by a CTC phoneme head; it warm-starts from a v2-style codec
     (its output projection starts at zero, so step 0 decodes as the source with its first 7 codebooks)."""
     from cadenza.higgs_audio.codec.phonemes import PHONEME_CLASSES, phoneme_ids
-    from cadenza.higgs_audio.codec.training import CodecModule, train_codec, warm_start
+    from cadenza.higgs_audio.codec.training import CodecModule, train, warm_start
 
     assert phoneme_ids("ðə kˈæt.") == phoneme_ids("ðəkæt") and len(phoneme_ids("ðə kˈæt.")) == 5
     init = build_tiny_codec(tmp_path / "init")
     v3 = ["model.semantic_codebook=true", "model.semantic_dim=8", f"model.n_phonemes={PHONEME_CLASSES}"]
-    cfg = load_train_config(TINY_CONFIG, v3)
-    source, codec = load_codec(init), Codec(cfg.model).eval()
+    cfg = load_codec_config(TINY_CONFIG, v3)
+    source, codec = load_codec(init), Codec(CodecConfig.from_dict(cfg["model"])).eval()
     warm_start(codec, source)
     wav = torch.from_numpy(speechlike(0.8))[None]
     codec.train()
@@ -274,12 +295,12 @@ def test_v3_phonetic_codebook_trains_with_ctc_from_a_plain_codec(tmp_path):
         rows.append({"id": str(k), "audio": f"{k}.wav", "text": text, "speaker": "s", "duration": 1.0,
                      "sample_rate": SR, "split": "train" if k < 3 else "val"})
     (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = load_train_config(TINY_CONFIG, [*v3, f"data.manifest={tmp_path / 'manifest.jsonl'}", "optim.max_steps=2",
-                                          "optim.ctc_weight=2.0", f"optim.init_from={init}", "data.phoneme_batch_size=2"])
-    export = train_codec(cfg, tmp_path / "run", progress=False)
+    export = train(TINY_CONFIG, [*v3, f"data.manifest={tmp_path / 'manifest.jsonl'}", "train.max_steps=2",
+                                 "task.ctc_weight=2.0", f"task.init_from={init}", "data.phoneme_batch_size=2"],
+                   run_dir=tmp_path / "run")
     metrics = (next((tmp_path / "run" / "logs").glob("version_*")) / "metrics.csv").read_text()
     assert "train/ctc" in metrics and "val/phoneme_error_rate" in metrics
     tok = load_audio_tokenizer(export)
     assert tok.decode(tok.encode(speechlike(0.4), sr=SR)[:1]).shape[-1] == int(0.4 * SR)
     with pytest.raises(ValueError, match="semantic_codebook"):
-        CodecModule(load_train_config(TINY_CONFIG).model.to_dict(), {"ctc_weight": 1.0})
+        CodecModule(load_codec_config(TINY_CONFIG)["model"], {"ctc_weight": 1.0})

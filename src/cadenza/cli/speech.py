@@ -21,25 +21,20 @@ def _fail(message: str) -> None:
 
 @app.command("train-codec")
 def train_codec_cmd(
-    config: Annotated[Path, typer.Option(help="YAML config (sections model, data, optim), e.g. configs/codec_small.yaml.")],
-    overrides: Annotated[list[str] | None, typer.Argument(help="section.key=value overrides, e.g. optim.max_steps=100.")] = None,
-    run_dir: Annotated[Path | None, typer.Option(help="Run directory (default runs/<config name>).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/checkpoints/last.ckpt.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show Lightning's progress bar.")] = True,
+    config: Annotated[Path, typer.Option(help="YAML config (sections model, data, task, train), e.g. configs/codec_small.yaml.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="section.key=value overrides, e.g. train.max_steps=100.")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Run directory (default: train.run_dir, else runs/<config name>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/checkpoints/last.ckpt (fresh if none yet).")] = False,
 ) -> None:
-    """Train the audio tokenizer with Lightning; checkpoints and the exported model go to RUN_DIR."""
-    from cadenza.higgs_audio.codec.training import load_train_config, train_codec
+    """Train the audio tokenizer (core training harness); checkpoints, logs and the exported model/ go to RUN_DIR."""
+    from cadenza.higgs_audio.codec.training import train
 
     try:
-        cfg = load_train_config(config, overrides)
-    except (FileNotFoundError, ValueError, TypeError) as exc:
-        _fail(str(exc))
-    run_dir = run_dir or Path("runs") / config.stem
-    try:
-        export = train_codec(cfg, run_dir, resume=resume, progress=progress)
+        export = train(config, overrides or [], resume=resume, run_dir=run_dir)
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         _fail(str(exc))
-    typer.echo(f"trained codec exported to {export}")
+    if export is not None:  # None: another DDP process
+        typer.echo(f"trained codec exported to {export}")
 
 
 @app.command("export-codec")
@@ -49,17 +44,14 @@ def export_codec_cmd(
     half: Annotated[bool, typer.Option("--half", help="Store weights as float16 (half the size; for shipping).")] = False,
 ) -> None:
     """Turn a training checkpoint into the shipped format (safetensors + config.json, no pickle)."""
-    from cadenza.higgs_audio.codec.api import save_codec
-    from cadenza.higgs_audio.codec.training import CodecModule
+    from cadenza.higgs_audio.codec.training import export
 
     if not checkpoint.exists():
         _fail(f"{checkpoint}: no such checkpoint")
-    module = CodecModule.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=False)
-    import torch
-
-    step = int(torch.load(str(checkpoint), map_location="cpu", weights_only=False).get("global_step", -1))
-    save_codec(module.codec, out_dir, extra={"step": step, "checkpoint": checkpoint.name}, half=half)
-    typer.echo(f"{checkpoint} (step {step}) -> {out_dir}")
+    try:
+        typer.echo(f"{checkpoint} -> {export(checkpoint, out_dir, half=half)}")
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 def _load_tokenizer(model: Path | None):

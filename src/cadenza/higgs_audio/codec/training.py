@@ -1,21 +1,24 @@
-"""Training the codec with Lightning: random crops of corpus wavs, spectral losses, resumable runs.
+"""Training the codec through `core.training`: random crops of corpus wavs, spectral losses, resumable runs.
 
-A v3 codec (`model.semantic_codebook`, `optim.ctc_weight > 0`) also reads whole utterances each step: the CTC
-head on codebook 0 must find the transcript's phonemes (espeak-ng IPA of the manifest text) in them.
+A config has four sections: `model` (CodecConfig), `data` (DataConfig: where the audio comes from and how it
+is cut), `task` (TaskConfig: loss weights, the optional GAN, `init_from`) and `train` (core's TrainConfig, with
+the codec's own defaults in TRAIN_DEFAULTS). A v3 codec (`model.semantic_codebook`, `task.ctc_weight > 0`) also
+reads whole utterances each step: the CTC head on codebook 0 must find the transcript's phonemes (espeak-ng IPA
+of the manifest text) in them.
 
-A run directory holds `config.yaml` (the resolved config), `checkpoints/` (Lightning `last.ckpt` and
-numbered step checkpoints, for resuming), `metrics.csv` logs and `export/` (safetensors + config.json,
-the shipped format), refreshed at every checkpoint.
+A run directory is laid out as for every model (docs/training.md): `checkpoints/` (`last.ckpt` and step
+checkpoints, for `--resume`), `logs/`, and `model/` (safetensors + config.json, the shipped format), refreshed
+at every checkpoint and when training ends.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -23,6 +26,11 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cadenza.core.checkpoint import CheckpointError, config_from_dict, export_lightning_checkpoint
+from cadenza.core.training import (
+    ConfigError, TrainConfig, configure_optimizers, cosine_schedule, fit, last_checkpoint, load_config, train_config,
+)
+from cadenza.higgs_audio.codec.api import save_codec
 from cadenza.higgs_audio.codec.config import CodecConfig
 from cadenza.higgs_audio.codec.losses import CodecLoss
 from cadenza.higgs_audio.codec.model import Codec
@@ -31,7 +39,7 @@ from cadenza.higgs_audio.codec.model import Codec
 # --- configuration --------------------------------------------------------------------------------
 @dataclass
 class DataConfig:
-    """Where the audio comes from and how it is cut."""
+    """Where the audio comes from and how it is cut (batch size and workers are `train` keys)."""
 
     manifest: str = "data/speech/manifest.jsonl"
     train_split: str = "train"
@@ -39,24 +47,15 @@ class DataConfig:
     segment_seconds: float = 1.2
     val_segment_seconds: float = 2.4
     val_items: int = 32
-    batch_size: int = 8
     gain_db: tuple[float, float] = (-12.0, 3.0)  # random level per crop: the codec must not care
-    num_workers: int = 0
     phoneme_batch_size: int = 4  # whole utterances per step for the CTC head (v3)
     phoneme_max_seconds: float = 6.0  # longer utterances are left out of the CTC batches
 
 
 @dataclass
-class OptimConfig:
-    """Optimiser, schedule, steps, checkpoints and logging of a codec run."""
+class TaskConfig:
+    """The codec's own knobs: loss weights, optional adversarial fine-tuning, the codec to start from."""
 
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.05
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.8, 0.99)
-    warmup_steps: int = 200
-    max_steps: int = 6000
-    grad_clip: float = 1.0
     mel_weight: float = 15.0
     stft_weight: float = 1.0
     commit_weight: float = 1.0
@@ -69,69 +68,68 @@ class OptimConfig:
     # a codec directory (save_codec) to start from: every weight whose name and shape match is copied, so a
     # v3 codec starts from v2's encoder, decoder and first 7 codebooks
     init_from: str = ""
-    threads: int = 1
-    seed: int = 0
-    accelerator: str = "cpu"
-    devices: int = 1
-    num_nodes: int = 1
-    precision: str = "32-true"
-    checkpoint_every: int = 250
-    keep_checkpoints: int = 3
-    val_every: int = 500
-    log_every: int = 25
 
 
-@dataclass
-class CodecTrainConfig:
-    """model (CodecConfig) + data + optim: what a YAML file under configs/ holds."""
+# Where the codec's run differs from core's TrainConfig defaults (made for the LMs): a small conv codec trains
+# best with GAN-vocoder betas, little weight decay and a higher lr that decays to 5% of itself.
+MIN_LR_RATIO = 0.05
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "max_steps": 6000, "batch_size": 8, "lr": 1e-3, "min_lr": None, "warmup_steps": 200, "weight_decay": 0.01,
+    "betas": (0.8, 0.99), "accelerator": "cpu", "threads": 1, "checkpoint_every_n_steps": 250,
+    "val_every_n_steps": 500, "log_every_n_steps": 25,
+}
 
-    model: CodecConfig = field(default_factory=CodecConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-
-    def to_dict(self) -> dict:
-        """Nested plain dict (YAML/JSON-ready)."""
-        from dataclasses import asdict
-
-        return {"model": asdict(self.model), "data": asdict(self.data), "optim": asdict(self.optim)}
-
-
-def _coerce(value: str):
-    import yaml
-
-    return yaml.safe_load(value)
+# The `optim` section of the first codec configs, and where each of its keys lives now.
+_MOVED = {
+    **{f"optim.{k}": f"train.{k}" for k in (
+        "lr", "weight_decay", "betas", "warmup_steps", "max_steps", "grad_clip", "threads", "seed", "accelerator",
+        "devices", "num_nodes", "precision", "keep_checkpoints")},
+    "optim.min_lr_ratio": "train.min_lr (an absolute lr; null = 5% of train.lr)",
+    "optim.checkpoint_every": "train.checkpoint_every_n_steps",
+    "optim.val_every": "train.val_every_n_steps",
+    "optim.log_every": "train.log_every_n_steps",
+    **{f"optim.{f}": f"task.{f}" for f in TaskConfig.__dataclass_fields__},
+    "data.batch_size": "train.batch_size",
+    "data.num_workers": "train.num_workers",
+}
 
 
-def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> CodecTrainConfig:
-    """Read a YAML config (sections model/data/optim) and apply `section.key=value` overrides."""
-    import yaml
+def default_config(run_dir: str) -> dict[str, Any]:
+    """Every key a codec config may set, with its default."""
+    return {
+        "model": CodecConfig().to_dict(),
+        "data": asdict(DataConfig()),
+        "task": asdict(TaskConfig()),
+        "train": {**asdict(TrainConfig()), **TRAIN_DEFAULTS, "run_dir": run_dir},
+    }
 
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such config file")
-        raw = yaml.safe_load(path.read_text()) or {}
-    unknown = sorted(set(raw) - {"model", "data", "optim"})
-    if unknown:
-        raise ValueError(f"{path}: unknown config sections {unknown} (expected model, data, optim)")
-    for item in overrides or []:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"override {item!r} must look like section.key=value, e.g. optim.max_steps=100")
-        key, value = item.split("=", 1)
-        section, name = key.split(".", 1)
-        raw.setdefault(section, {})[name] = _coerce(value)
-    model = CodecConfig.from_dict(raw.get("model", {}))
-    sections = {}
-    for name, cls in (("data", DataConfig), ("optim", OptimConfig)):
-        values = raw.get(name, {})
-        known = set(cls.__dataclass_fields__)
-        bad = sorted(set(values) - known)
-        if bad:
-            raise ValueError(f"unknown {name} config keys: {', '.join(bad)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        sections[name] = cls(**values)
-    return CodecTrainConfig(model=model, **sections)
+
+def _check_format(path: str | Path | None, overrides: list[str]) -> None:
+    """A config (or override) in the old `optim:` format is a ConfigError that says where each key moved."""
+    old = load_config(path) if path is not None else {}
+    keys = [f"{section}.{k}" for section in ("optim", "data") if isinstance(old.get(section), dict) for k in old[section]]
+    keys += [item.partition("=")[0].strip() for item in overrides]
+    moves = [f"{k} -> {_MOVED[k]}" for k in dict.fromkeys(keys) if k in _MOVED]
+    if moves or "optim" in old:
+        raise ConfigError(
+            f"{path or 'overrides'}: old codec config format: codec configs now have core's `train` section and a "
+            f"`task` section instead of `optim` (see configs/codec_small.yaml); move {', '.join(moves) or 'its keys'}")
+
+
+def load_codec_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Defaults, then the YAML file, then `section.key=value` overrides; unknown keys and the old format are errors.
+    The run directory defaults to runs/<config name>."""
+    _check_format(path, list(overrides))
+    run_dir = f"runs/{Path(path).stem}" if path is not None else "runs/codec"
+    return load_config(path, list(overrides), defaults=default_config(run_dir))
+
+
+def codec_train_config(section: dict[str, Any] | None = None) -> TrainConfig:
+    """Core's TrainConfig from a `train` section, with the codec's defaults; `min_lr: null` means 5% of lr."""
+    values = {**TRAIN_DEFAULTS, **(section or {})}
+    if values["min_lr"] is None:
+        values["min_lr"] = MIN_LR_RATIO * values["lr"]
+    return train_config(values)
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -219,9 +217,10 @@ class SpeechCropDataModule(L.LightningDataModule):
     """Train crops (random, fresh every epoch) and fixed validation crops from a speech manifest; with
     `phonemes`, also whole utterances with phoneme targets (train: a dict of the two loaders; val: a list)."""
 
-    def __init__(self, data: DataConfig, model: CodecConfig, steps_per_epoch: int = 1000, phonemes: bool = False):
+    def __init__(self, data: DataConfig, model: CodecConfig, batch_size: int, num_workers: int = 0,
+                 steps_per_epoch: int = 1000, phonemes: bool = False):
         super().__init__()
-        self.data, self.model = data, model
+        self.data, self.model, self.batch_size, self.num_workers = data, model, batch_size, num_workers
         self.steps_per_epoch, self.phonemes = steps_per_epoch, phonemes
 
     def _segment(self, seconds: float) -> int:
@@ -235,7 +234,7 @@ class SpeechCropDataModule(L.LightningDataModule):
             random.seed(random.getrandbits(32) + self.trainer.global_rank)
         train = read_manifest(d.manifest, d.train_split)
         val = read_manifest(d.manifest, d.val_split) or train
-        self.train_set = RandomCropDataset(train, self._segment(d.segment_seconds), self.steps_per_epoch * d.batch_size, d.gain_db)
+        self.train_set = RandomCropDataset(train, self._segment(d.segment_seconds), self.steps_per_epoch * self.batch_size, d.gain_db)
         self.val_set = RandomCropDataset(val, self._segment(d.val_segment_seconds), d.val_items, (0.0, 0.0), seed=1234)
         if self.phonemes:
             self.train_utterances = UtteranceDataset(train, d.phoneme_max_seconds, self.steps_per_epoch * d.phoneme_batch_size)
@@ -243,58 +242,52 @@ class SpeechCropDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader | dict[str, DataLoader]:
         d = self.data
-        crops = DataLoader(self.train_set, batch_size=d.batch_size, shuffle=False, num_workers=d.num_workers, drop_last=True)
+        crops = DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                           drop_last=True)
         if not self.phonemes:
             return crops
-        utterances = DataLoader(self.train_utterances, batch_size=d.phoneme_batch_size, num_workers=d.num_workers,
+        utterances = DataLoader(self.train_utterances, batch_size=d.phoneme_batch_size, num_workers=self.num_workers,
                                 collate_fn=collate_utterances, drop_last=True)
         return {"crops": crops, "utterances": utterances}
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         d = self.data
-        crops = DataLoader(self.val_set, batch_size=d.batch_size, num_workers=d.num_workers)
+        crops = DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
         if not self.phonemes:
             return crops
-        return [crops, DataLoader(self.val_utterances, batch_size=d.phoneme_batch_size, num_workers=d.num_workers,
+        return [crops, DataLoader(self.val_utterances, batch_size=d.phoneme_batch_size, num_workers=self.num_workers,
                                   collate_fn=collate_utterances)]
 
 
 # --- module ---------------------------------------------------------------------------------------
-def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """LR multiplier: linear warmup to 1, cosine decay to `min_ratio` at `total`, flat after."""
-    if step < warmup:
-        return (step + 1) / max(1, warmup)
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 class CodecModule(L.LightningModule):
-    """LightningModule around `Codec` + `CodecLoss`."""
+    """LightningModule around `Codec` + `CodecLoss`; `model`, `task` and `train` are the config's sections."""
 
-    def __init__(self, model: dict, optim: dict):
+    def __init__(self, model: dict, task: dict, train: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.cfg = CodecConfig.from_dict(model)
-        self.optim_cfg = OptimConfig(**optim)
+        self.task = config_from_dict(TaskConfig, task, where="task")
+        self.train_cfg = codec_train_config(train)
         self.codec = Codec(self.cfg)
-        o = self.optim_cfg
-        self.loss = CodecLoss(self.cfg.sample_rate, o.mel_weight, o.stft_weight, o.commit_weight)
+        t = self.task
+        self.loss = CodecLoss(self.cfg.sample_rate, t.mel_weight, t.stft_weight, t.commit_weight)
         self.discriminator = None
-        if o.adv_weight > 0:
+        if t.adv_weight > 0:
             from cadenza.higgs_audio.codec.discriminator import MultiResolutionDiscriminator
 
-            self.discriminator = MultiResolutionDiscriminator(channels=o.disc_channels)
+            self.discriminator = MultiResolutionDiscriminator(channels=t.disc_channels)
             self.automatic_optimization = False
-        if o.ctc_weight > 0:
+        if t.ctc_weight > 0:
             from cadenza.higgs_audio.codec.phonemes import PHONEME_CLASSES
 
             if self.codec.semantic is None or self.cfg.n_phonemes != PHONEME_CLASSES:
-                raise ValueError("optim.ctc_weight > 0 needs a phonetic codebook 0: set model.semantic_codebook: true "
+                raise ValueError("task.ctc_weight > 0 needs a phonetic codebook 0: set model.semantic_codebook: true "
                                  f"and model.n_phonemes: {PHONEME_CLASSES}")
-        if o.init_from:
+        if t.init_from:
             from cadenza.higgs_audio.codec.api import load_codec
 
-            warm_start(self.codec, load_codec(o.init_from))
+            warm_start(self.codec, load_codec(t.init_from))
 
     def phoneme_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """CTC loss of codebook 0's phoneme head on whole utterances, its log-probabilities and frame counts."""
@@ -320,7 +313,7 @@ class CodecModule(L.LightningModule):
         loss, parts = self.loss(recon, batch, commit)
         if utterances is not None:
             ctc, _, _ = self.phoneme_loss(utterances)
-            loss = loss + self.optim_cfg.ctc_weight * ctc
+            loss = loss + self.task.ctc_weight * ctc
             self.log("train/ctc", ctc.detach(), prog_bar=True)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/mel", parts["mel"], prog_bar=True)
@@ -330,7 +323,7 @@ class CodecModule(L.LightningModule):
     def _adversarial_step(self, batch: torch.Tensor) -> torch.Tensor:
         from cadenza.higgs_audio.codec.discriminator import discriminator_loss, generator_losses
 
-        o = self.optim_cfg
+        t, clip = self.task, self.train_cfg.grad_clip
         opt_g, opt_d = self.optimizers()
         sched_g, sched_d = self.lr_schedulers()
         recon, commit, _ = self.codec(batch)
@@ -338,17 +331,17 @@ class CodecModule(L.LightningModule):
         d_loss = discriminator_loss(self.discriminator(batch), self.discriminator(recon.detach()))
         opt_d.zero_grad()
         self.manual_backward(d_loss)
-        self.clip_gradients(opt_d, gradient_clip_val=o.grad_clip, gradient_clip_algorithm="norm")
+        self.clip_gradients(opt_d, gradient_clip_val=clip, gradient_clip_algorithm="norm")
         opt_d.optimizer.step()
         sched_d.step()
         # generator (the codec)
         real, fake = self.discriminator(batch), self.discriminator(recon)
         adv, fm = generator_losses(real, fake)
         loss, parts = self.loss(recon, batch, commit)
-        g_loss = loss + o.adv_weight * adv + o.fm_weight * fm
+        g_loss = loss + t.adv_weight * adv + t.fm_weight * fm
         opt_g.zero_grad()
         self.manual_backward(g_loss)
-        self.clip_gradients(opt_g, gradient_clip_val=o.grad_clip, gradient_clip_algorithm="norm")
+        self.clip_gradients(opt_g, gradient_clip_val=clip, gradient_clip_algorithm="norm")
         opt_g.step()
         sched_g.step()
         self.log("train/loss", g_loss, prog_bar=True)
@@ -381,21 +374,13 @@ class CodecModule(L.LightningModule):
         self.log("val/codebook_use", float(np.mean(used)), sync_dist=True, add_dataloader_idx=False)
 
     def configure_optimizers(self):
-        o = self.optim_cfg
-        decay, no_decay = [], []
-        for name, p in self.codec.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim < 2 else decay).append(p)
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=o.betas
-        )
-        schedule = lambda s: warmup_cosine(s, o.warmup_steps, o.max_steps, o.min_lr_ratio)  # noqa: E731
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        generator = configure_optimizers(self.codec, self.train_cfg)  # no decay on biases and norms
         if self.discriminator is None:
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-        opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=o.disc_lr, betas=o.betas)
-        sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, schedule)
-        return [opt, opt_d], [{"scheduler": sched, "interval": "step"}, {"scheduler": sched_d, "interval": "step"}]
+            return generator
+        t = self.train_cfg
+        opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=self.task.disc_lr, betas=t.betas)
+        sched_d = cosine_schedule(opt_d, t.warmup_steps, t.max_steps, t.min_lr / t.lr)
+        return [generator["optimizer"], opt_d], [generator["lr_scheduler"], {"scheduler": sched_d, "interval": "step"}]
 
 
 def greedy_phoneme_error_rate(log_probs: torch.Tensor, frames: torch.Tensor, batch: dict[str, torch.Tensor]) -> float:
@@ -419,24 +404,19 @@ def warm_start(codec: Codec, source: Codec) -> None:
     codec.load_state_dict(matching, strict=False)
 
 
-class ExportCallback(L.Callback):
-    """After each checkpoint, write the shipped format (safetensors + config.json) to run/export."""
+class ExportModel(L.Callback):
+    """At every checkpoint step, refresh the shipped format (safetensors + config.json) in `out_dir`."""
 
-    def __init__(self, export_dir: Path, every: int):
-        self.export_dir, self.every = export_dir, every
+    def __init__(self, out_dir: Path, every: int, config: dict[str, Any]):
+        self.out_dir, self.every, self.config = out_dir, every, config
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step % self.every == 0 and trainer.is_global_zero:
-            from cadenza.higgs_audio.codec.api import save_codec
+        if self.every > 0 and trainer.global_step % self.every == 0 and trainer.is_global_zero:
+            self.save(trainer, pl_module)
 
-            save_codec(pl_module.codec, self.export_dir, extra={"step": step})
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            from cadenza.higgs_audio.codec.api import save_codec
-
-            save_codec(pl_module.codec, self.export_dir, extra={"step": trainer.global_step})
+    def save(self, trainer: L.Trainer, pl_module: CodecModule) -> Path:
+        """Write the codec as it is now, with the step and the run's config beside it."""
+        return save_codec(pl_module.codec, self.out_dir, extra={"step": trainer.global_step, "config": self.config})
 
 
 class PrintCallback(L.Callback):
@@ -454,41 +434,35 @@ class PrintCallback(L.Callback):
             print(f"step {step} t={time.monotonic() - self.started:.0f}s lr={lr:.2e} {parts}", flush=True)
 
 
-def train_codec(cfg: CodecTrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
-    """Train (or resume, from run_dir/checkpoints/last.ckpt) a codec; return the export directory."""
-    import yaml
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
+def train(config_path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), resume: bool = False,
+          run_dir: str | Path | None = None) -> Path | None:
+    """Train a codec, or with `resume` continue its run from RUN_DIR/checkpoints/last.ckpt; returns RUN_DIR/model
+    (None in the other DDP processes). `run_dir` replaces `train.run_dir`."""
+    cfg = load_codec_config(config_path, overrides)
+    if run_dir is not None:
+        cfg["train"]["run_dir"] = str(run_dir)
+    train_cfg = codec_train_config(cfg["train"])
+    run_dir = Path(train_cfg.run_dir)
+    if not resume and last_checkpoint(run_dir) is not None:  # hours of training are not overwritten by a typo
+        raise FileExistsError(f"{run_dir} already has checkpoints: pass --resume, or choose another run directory")
+    model_cfg = CodecConfig.from_dict(cfg["model"])
+    L.seed_everything(train_cfg.seed, verbose=False)  # the same initial weights every time
+    module = CodecModule(cfg["model"], cfg["task"], asdict(train_cfg))
+    data = SpeechCropDataModule(config_from_dict(DataConfig, cfg["data"], where="data"), model_cfg,
+                                train_cfg.batch_size, train_cfg.num_workers, phonemes=module.task.ctc_weight > 0)
+    export = ExportModel(run_dir / "model", train_cfg.checkpoint_every_n_steps, cfg)
+    trainer = fit(module, data, train_cfg, run_dir, resume=resume,
+                  callbacks=[export, PrintCallback(train_cfg.log_every_n_steps)])
+    return export.save(trainer, module) if trainer.is_global_zero else None
 
-    o = cfg.optim
-    torch.set_num_threads(o.threads)
-    L.seed_everything(o.seed, workers=True)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if resume and not last.exists():
-        raise FileNotFoundError(f"{last}: nothing to resume from")
-    if not resume and last.exists():
-        raise FileExistsError(f"{run_dir} already has checkpoints: pass --resume, or choose another --run-dir")
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
-    module = CodecModule(cfg.to_dict()["model"], cfg.to_dict()["optim"])
-    data = SpeechCropDataModule(cfg.data, cfg.model, phonemes=o.ctc_weight > 0)
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
-        every_n_train_steps=o.checkpoint_every, save_top_k=o.keep_checkpoints, monitor="step", mode="max", save_last=True,
-        # A resumed run must overwrite last.ckpt: in a run directory that had moved, Lightning's version
-        # counter wrote last-v1.ckpt instead, and the next --resume went back to the stale last.ckpt.
-        enable_version_counter=False,
-    )
-    export_dir = run_dir / "export"
-    trainer = L.Trainer(
-        accelerator=o.accelerator, devices=o.devices, num_nodes=o.num_nodes, precision=o.precision,
-        max_steps=o.max_steps, gradient_clip_val=o.grad_clip if o.adv_weight <= 0 else None, val_check_interval=o.val_every,
-        check_val_every_n_epoch=None, num_sanity_val_steps=0, log_every_n_steps=o.log_every,
-        logger=CSVLogger(run_dir, name="logs"), default_root_dir=run_dir,
-        callbacks=[checkpoints, ExportCallback(export_dir, o.checkpoint_every), PrintCallback(o.log_every)],
-        enable_progress_bar=progress, enable_model_summary=True,
-    )
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
-    return export_dir
+def export(checkpoint: str | Path, out_dir: str | Path, half: bool = False) -> Path:
+    """The shipped format (safetensors + config.json) from any Lightning checkpoint of a codec run; `half` stores
+    float16 weights."""
+    try:  # our own run's resume state: hyper-parameters are plain dicts, the rest may be any object
+        saved = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
+        model_cfg = CodecConfig.from_dict(saved["hyper_parameters"]["model"])
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a corrupt file
+        raise CheckpointError(f"{checkpoint}: not a checkpoint of a codec run ({e})") from e
+    return export_lightning_checkpoint(checkpoint, out_dir, model_cfg, prefix="codec.",
+                                       extra={"step": saved.get("global_step", -1)}, half=half)
