@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny real corpus of Bach chorales and a synthetic corpus built from it.
+"""Shared fixtures: a tiny real corpus of Bach chorales and a synthetic corpus built from it; tiny random
+speech models; the `slow` marker.
 
 Exporting chorales with music21 is the slow part (~0.35 s each), so the MIDI files are written once into
 pytest's cache directory (shared by xdist workers through a file lock, and kept between runs); the
@@ -22,6 +23,12 @@ CHORALES = (
 )
 # Explicit splits (a hash split of 14 files could leave val or test with fewer than 4 pieces).
 SPLIT_OF = ["train"] * 6 + ["val"] * 4 + ["test"] * 4
+SPEECH_TOKENIZER_TEXTS = ["Hello there.", "How are you today, my friend?", "It is a fine day for a walk in the park."]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the `slow` marker: `pytest -m "not slow"` skips the Whisper and multi-process tests."""
+    config.addinivalue_line("markers", "slow: runs Whisper or several processes (deselect with -m 'not slow')")
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +87,28 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _build_tiny_speech_model(out_dir: Path, seed: int = 0, **overrides) -> Path:
+    """A random tiny Higgs Audio model + tokenizer directory the engine loads (built in well under a second)."""
+    from cadenza.higgs_audio import training
+    from cadenza.higgs_audio.configuration import HiggsAudioConfig
+    from cadenza.higgs_audio.modeling import HiggsAudioModel
+    from cadenza.higgs_audio.text import TextTokenizer
+
+    tok = TextTokenizer.build(SPEECH_TOKENIZER_TEXTS)
+    config = HiggsAudioConfig.tiny(text_vocab_size=tok.vocab_size, **training.token_ids(tok), **overrides)
+    torch.manual_seed(seed)
+    return training.save_model(HiggsAudioModel(config), tok, out_dir, step=0)
+
+
+@pytest.fixture(scope="session")
+def build_tiny_speech_model():
+    """`build_tiny_speech_model(out_dir, seed=0, **config overrides)`: a random tiny speech model directory."""
+    return _build_tiny_speech_model
+
+
+@pytest.fixture(scope="session")
+def tiny_speech_model(tmp_path_factory) -> Path:
+    """One random tiny speech model directory for the session (seed 0)."""
+    return _build_tiny_speech_model(tmp_path_factory.mktemp("tiny_speech_model"))

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
 import soundfile as sf
-from test_speech_engine import build_tiny_speech_model
 from typer.testing import CliRunner
 
 from cadenza.cli import app
@@ -15,14 +13,8 @@ from cadenza.cli import app
 runner = CliRunner()
 
 
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_speech_model(tmp_path_factory.mktemp("speech_cli_model"))
-
-
-def _generate(model_dir, *args):
-    return runner.invoke(app, ["speech", "generate", "--model", str(model_dir), "--max-new-tokens", "20", *args])
+def _generate(model, *args):
+    return runner.invoke(app, ["speech", "generate", "--model", str(model), "--max-new-tokens", "20", *args])
 
 
 def test_voices_lists_the_shipped_presets():
@@ -34,54 +26,54 @@ def test_voices_lists_the_shipped_presets():
     assert len(joe_line.split("\t")[1]) > 10  # with its transcript
 
 
-def test_generate_writes_a_24k_wav(model_dir, tmp_path):
+def test_generate_writes_a_24k_wav(tiny_speech_model, tmp_path):
     out = tmp_path / "hello.wav"
-    result = _generate(model_dir, "--transcript", "Hello there.", "--voice", "joe", "--out", str(out), "--seed", "1")
+    result = _generate(tiny_speech_model, "--transcript", "Hello there.", "--voice", "joe", "--out", str(out), "--seed", "1")
     assert result.exit_code == 0, result.output
     info = sf.info(out)
     assert info.samplerate == 24000 and info.channels == 1
     assert info.frames == (20 - 8 - 1) * 960  # 20 decode steps: 11 frames of the shipped codec's hop
     again = tmp_path / "again.wav"
-    assert _generate(model_dir, "--transcript", "Hello there.", "--voice", "joe", "--out", str(again), "--seed", "1").exit_code == 0
+    assert _generate(tiny_speech_model, "--transcript", "Hello there.", "--voice", "joe", "--out", str(again), "--seed", "1").exit_code == 0
     assert again.read_bytes() == out.read_bytes()
 
 
-def test_generate_reads_a_transcript_file_and_takes_long_text(model_dir, tmp_path):
+def test_generate_reads_a_transcript_file_and_takes_long_text(tiny_speech_model, tmp_path):
     text_file = tmp_path / "t.txt"
     text_file.write_text("How are you today?")
-    assert _generate(model_dir, "--transcript", str(text_file), "--out", str(tmp_path / "a.wav")).exit_code == 0
+    assert _generate(tiny_speech_model, "--transcript", str(text_file), "--out", str(tmp_path / "a.wav")).exit_code == 0
     long_text = "This is a fairly long sentence " * 12  # longer than a file name may be
-    result = _generate(model_dir, "--transcript", long_text, "--out", str(tmp_path / "b.wav"))
+    result = _generate(tiny_speech_model, "--transcript", long_text, "--out", str(tmp_path / "b.wav"))
     assert result.exit_code == 0, result.output
 
 
-def test_unknown_voice_is_named(model_dir, tmp_path):
-    result = _generate(model_dir, "--transcript", "Hello.", "--voice", "nobody", "--out", str(tmp_path / "x.wav"))
+def test_unknown_voice_is_named(tiny_speech_model, tmp_path):
+    result = _generate(tiny_speech_model, "--transcript", "Hello.", "--voice", "nobody", "--out", str(tmp_path / "x.wav"))
     assert result.exit_code == 1
     assert "nobody" in result.output and "joe" in result.output  # names the bad voice and the valid ones
     assert not (tmp_path / "x.wav").exists()
 
 
-def test_missing_reference_audio_is_a_clear_error(model_dir, tmp_path):
+def test_missing_reference_audio_is_a_clear_error(tiny_speech_model, tmp_path):
     missing = tmp_path / "ref.wav"
-    result = _generate(model_dir, "--transcript", "Hello.", "--ref-audio", str(missing), "--ref-text", "Hi.",
+    result = _generate(tiny_speech_model, "--transcript", "Hello.", "--ref-audio", str(missing), "--ref-text", "Hi.",
                        "--out", str(tmp_path / "x.wav"))
     assert result.exit_code == 1
     assert f"reference audio {missing}: no such file" in result.output
-    result = _generate(model_dir, "--transcript", "Hello.", "--ref-audio", str(missing), "--out", str(tmp_path / "x.wav"))
+    result = _generate(tiny_speech_model, "--transcript", "Hello.", "--ref-audio", str(missing), "--out", str(tmp_path / "x.wav"))
     assert result.exit_code == 1 and "--ref-text" in result.output
 
 
-def test_cloning_a_reference_file(model_dir, tmp_path):
+def test_cloning_a_reference_file(tiny_speech_model, tmp_path):
     from cadenza.higgs_audio.speak import VOICES_DIR
 
     ref = VOICES_DIR / "slt.wav"
     out = tmp_path / "clone.wav"
-    result = _generate(model_dir, "--transcript", "[SPEAKER0] Hello. [SPEAKER1] Hi.", "--ref-audio", f"{ref},{ref}",
+    result = _generate(tiny_speech_model, "--transcript", "[SPEAKER0] Hello. [SPEAKER1] Hi.", "--ref-audio", f"{ref},{ref}",
                        "--ref-text", "One.|Two.", "--ref-in-system", "--out", str(out))
     assert result.exit_code == 0, result.output
     assert sf.info(out).frames > 0
-    both = _generate(model_dir, "--transcript", "Hi.", "--voice", "joe", "--ref-audio", str(ref), "--ref-text", "x",
+    both = _generate(tiny_speech_model, "--transcript", "Hi.", "--voice", "joe", "--ref-audio", str(ref), "--ref-text", "x",
                      "--out", str(out))
     assert both.exit_code == 1 and "not both" in both.output
 
@@ -91,7 +83,7 @@ def test_missing_model_is_a_clear_error(tmp_path):
     assert result.exit_code == 1 and "not a Higgs Audio model directory" in result.output
 
 
-def test_batch_skips_and_reports_bad_lines(model_dir, tmp_path):
+def test_batch_skips_and_reports_bad_lines(tiny_speech_model, tmp_path):
     requests = tmp_path / "requests.jsonl"
     requests.write_text("\n".join([
         json.dumps({"id": "good", "transcript": "Hello there.", "voice": "joe", "seed": 1}),
@@ -99,7 +91,7 @@ def test_batch_skips_and_reports_bad_lines(model_dir, tmp_path):
         json.dumps({"id": "silent"}),
     ]) + "\n")
     out_dir = tmp_path / "out"
-    result = _generate(model_dir, "--batch", str(requests), "--out-dir", str(out_dir))
+    result = _generate(tiny_speech_model, "--batch", str(requests), "--out-dir", str(out_dir))
     assert result.exit_code == 1
     assert sorted(p.name for p in out_dir.iterdir()) == ["good.wav"]
     assert sf.info(out_dir / "good.wav").samplerate == 24000
@@ -108,18 +100,18 @@ def test_batch_skips_and_reports_bad_lines(model_dir, tmp_path):
     assert ":1: skipped" not in result.output
 
 
-def test_stream_reports_time_to_first_audio(model_dir, tmp_path):
+def test_stream_reports_time_to_first_audio(tiny_speech_model, tmp_path):
     out = tmp_path / "streamed.wav"
-    result = runner.invoke(app, ["speech", "generate", "--model", str(model_dir), "--max-new-tokens", "40",
+    result = runner.invoke(app, ["speech", "generate", "--model", str(tiny_speech_model), "--max-new-tokens", "40",
                                  "--transcript", "Hello there.", "--voice", "joe", "--out", str(out), "--seed", "2",
                                  "--stream"])
     assert result.exit_code == 0, result.output
     assert re.search(r"first audio after \d+ ms", result.output)
-    chunked = runner.invoke(app, ["speech", "generate", "--model", str(model_dir), "--transcript", "Hi.", "--out",
+    chunked = runner.invoke(app, ["speech", "generate", "--model", str(tiny_speech_model), "--transcript", "Hi.", "--out",
                                   str(tmp_path / "c.wav"), "--stream", "--chunk-method", "word"])
     assert chunked.exit_code == 1 and "--chunk-method" in chunked.output
     plain = tmp_path / "plain.wav"
-    runner.invoke(app, ["speech", "generate", "--model", str(model_dir), "--max-new-tokens", "40",
+    runner.invoke(app, ["speech", "generate", "--model", str(tiny_speech_model), "--max-new-tokens", "40",
                         "--transcript", "Hello there.", "--voice", "joe", "--out", str(plain), "--seed", "2"])
     streamed, _ = sf.read(out)
     whole, _ = sf.read(plain)

@@ -4,22 +4,18 @@ seeding, batching, the delay pattern in generated output, streaming, cloning pro
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from cadenza.higgs_audio import training
 from cadenza.higgs_audio.chatml import AudioContent, ChatMLSample, Message
 from cadenza.higgs_audio.collator import expand_sample
-from cadenza.higgs_audio.configuration import HiggsAudioConfig
 from cadenza.higgs_audio.dataset import system_message
 from cadenza.higgs_audio.delay import build_delay_pattern
 from cadenza.higgs_audio.engine import GenerationSettings, HiggsAudioServeEngine
 from cadenza.higgs_audio.evaluate import CaseResult, aggregate, format_report
-from cadenza.higgs_audio.modeling import HiggsAudioModel
 from cadenza.higgs_audio.speak import (
     VOICES_DIR,
     Reference,
@@ -35,19 +31,10 @@ SENTENCES = ["Hello there.", "How are you today, my friend?", "It is a fine day 
 N_Q, CODEBOOK = 8, 1024
 
 
-def build_tiny_speech_model(out_dir: Path, seed: int = 0, **overrides) -> Path:
-    """A random tiny Higgs Audio model + tokenizer directory the engine loads (built in well under a second)."""
-    tok = TextTokenizer.build(SENTENCES)
-    config = HiggsAudioConfig.tiny(text_vocab_size=tok.vocab_size, **training.token_ids(tok), **overrides)
-    torch.manual_seed(seed)
-    return training.save_model(HiggsAudioModel(config), tok, out_dir, step=0)
-
-
-
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory) -> HiggsAudioServeEngine:
+def engine(tiny_speech_model) -> HiggsAudioServeEngine:
     torch.set_num_threads(1)
-    return HiggsAudioServeEngine(build_tiny_speech_model(tmp_path_factory.mktemp("speech_model")))
+    return HiggsAudioServeEngine(tiny_speech_model)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +91,7 @@ def _turns(tokenizer: TextTokenizer, ids: list[int]) -> list[tuple[str, str]]:
 # ----------------------------------------------------------------------------------- seeding and batching
 
 
-def test_transcript_pointer_walks_the_last_user_message(tmp_path, joe, monkeypatch):
+def test_transcript_pointer_walks_the_last_user_message(tmp_path, joe, monkeypatch, build_tiny_speech_model):
     engine = HiggsAudioServeEngine(build_tiny_speech_model(tmp_path / "model", transcript_pointer=True))
     prompt = _prompt(engine, SENTENCES[1], {0: joe})
     reading = engine._reading(prompt.input_ids)
@@ -169,7 +156,7 @@ def test_prompts_sharing_a_voice_prefill_it_once_and_match_alone(engine, joe, mo
         np.testing.assert_array_equal(alone.generated_audio_tokens, b.generated_audio_tokens)
 
 
-def test_a_voice_reference_is_read_once_across_requests(tmp_path, monkeypatch):
+def test_a_voice_reference_is_read_once_across_requests(tmp_path, monkeypatch, build_tiny_speech_model):
     """The prompt prefix up to a reference clip's end is kept: the next request with that voice runs only the
     rest of its prompt through the model, and gives what a fresh engine gives."""
     engine = HiggsAudioServeEngine(build_tiny_speech_model(tmp_path))

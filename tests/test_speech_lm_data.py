@@ -256,6 +256,7 @@ def test_finetune_freezes_everything_but_the_audio_adapter(config):
     assert not any(n.startswith("embed_tokens") or "self_attn" in n or "text_lm_head" in n for n in trainable)
 
 
+@pytest.mark.slow
 def test_eval_codec_cli_measures_held_out_clips(corpus, tmp_path):
     from typer.testing import CliRunner
 

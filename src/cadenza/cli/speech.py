@@ -144,6 +144,8 @@ def eval_codec_cmd(
     festival: Annotated[int, typer.Option(help="Clips per Festival voice (held-out voices, made at eval time); 0 = none.")] = 8,
     out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for picking clips.")] = 0,
+    codebooks: Annotated[int | None, typer.Option(
+        min=1, help="Resynthesize from the first K codebooks only (1: does codebook 0 alone carry the words?).")] = None,
 ) -> None:
     """Resynthesis quality on held-out speech: Whisper WER (original vs resynth), speaker similarity, PESQ, STOI."""
     import json
@@ -161,7 +163,9 @@ def eval_codec_cmd(
         clips += festival_clips(sentences, Path("runs/festival_eval"), festival)
     if not clips:
         _fail(f"no clips in split {split!r} of {manifest}")
-    report = evaluate_codec(tok, clips, model_name=str(model or "shipped"))
+    if codebooks is not None and codebooks > tok.num_codebooks:
+        _fail(f"--codebooks {codebooks}: this codec has {tok.num_codebooks}")
+    report = evaluate_codec(tok, clips, model_name=str(model or "shipped"), codebooks=codebooks)
     typer.echo(format_table(report))
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
