@@ -17,6 +17,8 @@ def evaluate(
     directory: Path = typer.Argument(..., help="Folder of MIDI files (searched recursively)."),
     form: Optional[str] = typer.Option(None, "--form", "-f", callback=form_option,
                                        help="Requested form, e.g. ABA: the markers must spell it."),
+    prompt: Optional[Path] = typer.Option(None, "--prompt", help="The prompt MIDI the pieces were generated from "
+                                          "(markers A, B, ...): also report how many sections follow their snippet."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON report (default DIRECTORY/evaluation.json)."),
     classifier: Optional[Path] = typer.Option(None, "--classifier", help="Section classifier export: also report "
                                               "the form it hears in each piece (markers removed)."),
@@ -31,8 +33,9 @@ def evaluate(
     different-letter sections does not (piano roll, melodic n-grams, pitch-class, interval and rhythm
     histograms, note density; transposition-aware). Prints a table and writes a JSON report; files that
     are not MIDI are reported and skipped (exit status 1 if any was skipped). With --classifier, also
-    the form the section classifier hears; with --model and --heldout, the generator's perplexity on
-    held-out real pieces.
+    the form the section classifier hears; with --prompt, how many sections are closer to their own
+    snippet than to every other (pitch classes, register, intervals; chance 1 / snippets); with --model
+    and --heldout, the generator's perplexity on held-out real pieces.
     """
     from cadenza.core.checkpoint import CheckpointError
     from cadenza.staria.evaluate import evaluate_dir, heldout_perplexity
@@ -46,7 +49,7 @@ def evaluate(
         if classifier is not None:
             labeller = SectionLabeller.from_pretrained(classifier)
             classifier_fn = lambda ids: labeller([ids])[0]  # noqa: E731
-        report = evaluate_dir(directory, form, classifier_fn=classifier_fn, progress=True)
+        report = evaluate_dir(directory, form, classifier_fn=classifier_fn, progress=True, prompt=prompt)
         if model is not None:
             report["heldout"] = heldout_perplexity(StariaGenerator.from_pretrained(model).nll, heldout,
                                                    limit=heldout_limit)
@@ -89,5 +92,9 @@ def print_report(report: dict, console: Console) -> None:
     agg = report["aggregate"]
     rates = ", ".join(f"{k} {v:.0%}" for k, v in agg.items() if k.endswith("_rate"))
     console.print(f"{agg['n_pieces']} pieces evaluated" + (f": {rates}" if rates else ""))
+    following = agg.get("prompt_following")
+    if following and following["n_sections"]:
+        console.print(f"prompt following: {following['following_rate']:.0%} of {following['n_sections']} sections "
+                      f"closer to their own snippet than to every other (chance {following['chance']:.0%})")
     for bad in report["skipped"]:
         console.print(f"[yellow]skipped[/yellow] {bad['path']}: {bad['error']}")

@@ -1,4 +1,5 @@
-"""Evaluation of Staria pieces: form adherence (see `form_adherence`), music statistics, model hooks.
+"""Evaluation of Staria pieces: form adherence (see `form_adherence`), prompt following (see
+`prompt_following`), music statistics, model hooks.
 
 Music statistics follow MusPy's definitions, on millisecond times (beats are estimated, or given).
 """
@@ -18,6 +19,7 @@ from cadenza.staria.form_adherence import (
 )
 from cadenza.staria.forms import condense, decode_sections, form_from_labels
 from cadenza.staria.midi import MidiError
+from cadenza.staria.prompt_following import following_rate, prompt_following, snippet_events
 
 
 # ---- music statistics (MusPy definitions, ms times) -------------------------------------------------
@@ -197,11 +199,15 @@ def heldout_perplexity(nll_fn: NllFn, corpus: str | Path, split: str = "test", l
 # ---- whole pieces and directories -------------------------------------------------------------------
 
 def evaluate_piece(x: PieceInput, form: str | None = None, classifier_fn: ClassifierFn | None = None,
-                   nll_fn: NllFn | None = None, name: str | None = None) -> dict:
-    """Form adherence (and the markers against a requested `form`), statistics and model metrics of a piece."""
+                   nll_fn: NllFn | None = None, name: str | None = None,
+                   snippets: dict[str, MusicEvents] | None = None) -> dict:
+    """Form adherence (and the markers against a requested `form`), statistics, prompt following (given the
+    prompt's `snippets`, see `prompt_following.snippet_events`) and model metrics of a piece."""
     events, marker_letters = load_piece(x, name)
     adherence = section_adherence(split_sections(events), marker_letters)
     result = {"name": name, **adherence.to_dict(), "statistics": music_statistics(events)}
+    if snippets is not None:
+        result["prompt_following"] = prompt_following(events, snippets)
     if form is not None:
         result["requested_form"] = form
         result["markers_match_form"] = marker_letters == form
@@ -224,11 +230,13 @@ def evaluate_piece(x: PieceInput, form: str | None = None, classifier_fn: Classi
 
 
 def evaluate_dir(directory: str | Path, form: str | None = None, classifier_fn: ClassifierFn | None = None,
-                 nll_fn: NllFn | None = None, progress: bool = False) -> dict:
-    """Evaluate every MIDI file under `directory`; unreadable files are reported in "skipped" and left out."""
+                 nll_fn: NllFn | None = None, progress: bool = False, prompt: str | Path | None = None) -> dict:
+    """Evaluate every MIDI file under `directory` (generated from `prompt`, if given: also prompt following);
+    unreadable files are reported in "skipped" and left out."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: not a directory")
+    snippets = snippet_events(prompt) if prompt is not None else None
     paths = sorted(p for p in directory.rglob("*") if p.suffix.lower() in (".mid", ".midi") and p.is_file())
     pieces, skipped = [], []
     iterator = paths
@@ -238,11 +246,12 @@ def evaluate_dir(directory: str | Path, form: str | None = None, classifier_fn: 
     for path in iterator:
         name = str(path.relative_to(directory))
         try:
-            pieces.append(evaluate_piece(path, form, classifier_fn, nll_fn, name=name))
+            pieces.append(evaluate_piece(path, form, classifier_fn, nll_fn, name=name, snippets=snippets))
         except MidiError as err:
             skipped.append({"path": name, "error": str(err)})
-    return {"directory": str(directory), "requested_form": form, "n_files": len(paths),
-            "n_evaluated": len(pieces), "skipped": skipped, "aggregate": aggregate(pieces, form),
+    return {"directory": str(directory), "requested_form": form,
+            "prompt": str(prompt) if prompt is not None else None, "n_files": len(paths), "n_evaluated": len(pieces),
+            "skipped": skipped, "aggregate": aggregate(pieces, form),
             "thresholds": {"alike": ALIKE, "distinct": DISTINCT, "min_section_notes": MIN_SECTION_NOTES},
             "pieces": pieces}
 
@@ -266,6 +275,8 @@ def aggregate(pieces: list[dict], form: str | None = None) -> dict:
     out["statistics_mean"] = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
     if all("perplexity" in p for p in pieces):
         out["perplexity_mean"] = float(np.mean([p["perplexity"] for p in pieces]))
+    if all("prompt_following" in p for p in pieces):
+        out["prompt_following"] = following_rate([p["prompt_following"]["sections"] for p in pieces])
     return out
 
 

@@ -169,23 +169,33 @@ def melodic_ngrams(events: MusicEvents, n: int = NGRAM) -> set:
     return {tuple(steps[i:i + n].tolist()) for i in range(len(steps) - n + 1)}
 
 
+def pitch_class_profile(events: MusicEvents) -> np.ndarray:
+    """(12,) duration-weighted pitch-class histogram of the melodic notes, summing to 1 (0 without notes)."""
+    melodic = events.instrument != DRUM
+    pc = np.bincount(events.pitch[melodic] % 12, weights=np.maximum(events.duration_ms[melodic], TIME_STEP_MS),
+                     minlength=12)
+    return pc / max(pc.sum(), 1e-9)
+
+
+def interval_histogram(events: MusicEvents) -> np.ndarray:
+    """(25,) counts of the top voice's melodic intervals, clipped to an octave (-12..12)."""
+    _, pitch = top_voice(events)
+    return np.bincount(np.clip(np.diff(pitch), -12, 12) + 12, minlength=25).astype(np.float64)
+
+
 def describe_section(section: PieceSection) -> SectionDescriptors:
     """All descriptors of one section."""
     ev = section.events
-    melodic = ev.instrument != DRUM
-    pc = np.bincount(ev.pitch[melodic] % 12, weights=np.maximum(ev.duration_ms[melodic], TIME_STEP_MS),
-                     minlength=12)
-    _, pitch = top_voice(ev)
-    intervals = np.bincount(np.clip(np.diff(pitch), -12, 12) + 12, minlength=25).astype(np.float64)
     rhythm = np.histogram(np.diff(np.unique(ev.onset_ms)), IOI_EDGES_MS)[0].astype(np.float64)
     span_s = max((section.end_ms - section.start_ms) / 1000, 0.5)
     return SectionDescriptors(len(ev), onset_roll(ev, section.start_ms), melodic_ngrams(ev),
-                              pc / max(pc.sum(), 1e-9), intervals, rhythm, len(ev) / span_s)
+                              pitch_class_profile(ev), interval_histogram(ev), rhythm, len(ev) / span_s)
 
 
 # ---- similarities -----------------------------------------------------------------------------------
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two histograms (1 when both are empty, 0 when only one is)."""
     na, nb = float(a @ a), float(b @ b)
     if na == 0 or nb == 0:
         return 1.0 if na == nb else 0.0
@@ -228,10 +238,10 @@ def descriptor_similarities(a: SectionDescriptors, b: SectionDescriptors) -> dic
     """Raw similarity of two sections per descriptor, each in [0, 1] (1 = identical)."""
     small, large = (a.ngrams, b.ngrams) if len(a.ngrams) <= len(b.ngrams) else (b.ngrams, a.ngrams)
     ngrams = len(small & large) / len(small) if small else float(not large)
-    pitch_classes = max(_cosine(a.pitch_classes, np.roll(b.pitch_classes, k)) for k in range(12))
+    pitch_classes = max(cosine(a.pitch_classes, np.roll(b.pitch_classes, k)) for k in range(12))
     density = min(a.density, b.density) / max(a.density, b.density, 1e-9)
     return {"roll": roll_similarity(a.roll, b.roll), "ngrams": ngrams, "pitch_classes": pitch_classes,
-            "intervals": _cosine(a.intervals, b.intervals), "rhythm": _cosine(a.rhythm, b.rhythm),
+            "intervals": cosine(a.intervals, b.intervals), "rhythm": cosine(a.rhythm, b.rhythm),
             "density": density}
 
 
