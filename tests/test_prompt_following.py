@@ -9,21 +9,11 @@ from typer.testing import CliRunner
 
 from cadenza.cli import app
 from cadenza.staria import StariaTokenizer
-from cadenza.staria.events import MusicEvents, events_to_score
+from cadenza.staria.events import MusicEvents, events_to_score, join_sections
 from cadenza.staria.prompt_following import following_rate, prompt_following, snippet_events
 
 tok = StariaTokenizer()
 NOTES = 40  # notes per snippet: well within the 256 tokens of a snippet the generator sees
-
-
-def joined(parts: list[tuple[str, MusicEvents]]) -> MusicEvents:
-    """Sections one after another, each opened by its letter."""
-    out, start = [], 0
-    for letter, events in parts:
-        section = events.shifted(start - int(events.onset_ms.min())).with_section("ABCD".index(letter))
-        out.append(section)
-        start = section.end_ms + 500
-    return MusicEvents.concat(out)
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +29,11 @@ def test_sections_copied_from_their_snippets_follow_and_swapped_ones_do_not(chor
     copied, swapped = [], []
     for a, b in _pairs(chorales):
         snippet_a, snippet_b = a.take(slice(0, NOTES)), b.take(slice(0, NOTES))
-        snippets = snippet_events(events_to_score(joined([("A", snippet_a), ("B", snippet_b)])))
+        snippets = snippet_events(events_to_score(join_sections([("A", snippet_a), ("B", snippet_b)])))
         assert sorted(snippets) == ["A", "B"] and len(snippets["A"]) == NOTES
-        piece = events_to_score(joined([("A", snippet_a), ("B", snippet_b), ("A", snippet_a)]))
+        piece = events_to_score(join_sections([("A", snippet_a), ("B", snippet_b), ("A", snippet_a)]))
         copied.append(prompt_following(piece, snippets)["sections"])
-        wrong = events_to_score(joined([("A", snippet_b), ("B", snippet_a), ("A", snippet_b)]))
+        wrong = events_to_score(join_sections([("A", snippet_b), ("B", snippet_a), ("A", snippet_b)]))
         swapped.append(prompt_following(wrong, snippets)["sections"])
     assert len(copied) >= 10
     assert following_rate(copied) == {"n_sections": 3 * len(copied), "following_rate": 1.0, "chance": 0.5}
@@ -54,31 +44,31 @@ def test_later_material_of_the_same_piece_mostly_follows(chorales):
     """Not only copies: the next phrases of a snippet's own chorale (same key and voices) follow it."""
     sections = []
     for a, b in _pairs(chorales):
-        snippets = snippet_events(events_to_score(joined([("A", a.take(slice(0, NOTES))),
+        snippets = snippet_events(events_to_score(join_sections([("A", a.take(slice(0, NOTES))),
                                                           ("B", b.take(slice(0, NOTES)))])))
-        later = joined([("A", a.take(slice(NOTES, 3 * NOTES))), ("B", b.take(slice(NOTES, 3 * NOTES)))])
+        later = join_sections([("A", a.take(slice(NOTES, 3 * NOTES))), ("B", b.take(slice(NOTES, 3 * NOTES)))])
         sections.append(prompt_following(later, snippets)["sections"])
     assert following_rate(sections)["following_rate"] >= 0.75
 
 
 def test_chance_is_one_over_the_number_of_snippets(chorales):
     a, b, c = chorales[:3]
-    snippets = snippet_events(events_to_score(joined([(letter, x.take(slice(0, NOTES)))
+    snippets = snippet_events(events_to_score(join_sections([(letter, x.take(slice(0, NOTES)))
                                                       for letter, x in zip("ABC", (a, b, c))])))
-    result = prompt_following(joined([("A", a.take(slice(0, NOTES))), ("C", c.take(slice(0, NOTES)))]), snippets)
+    result = prompt_following(join_sections([("A", a.take(slice(0, NOTES))), ("C", c.take(slice(0, NOTES)))]), snippets)
     assert result["chance"] == pytest.approx(1 / 3) and result["following_rate"] == 1.0
-    one = snippet_events(events_to_score(joined([("A", a.take(slice(0, NOTES)))])))
-    assert prompt_following(joined([("A", a)]), one)["n_sections"] == 0  # one snippet: nothing to tell apart
+    one = snippet_events(events_to_score(join_sections([("A", a.take(slice(0, NOTES)))])))
+    assert prompt_following(join_sections([("A", a)]), one)["n_sections"] == 0  # one snippet: nothing to tell apart
 
 
 def test_evaluate_cli_reports_prompt_following(chorales, tmp_path):
     a, b = chorales[0].take(slice(0, NOTES)), chorales[5].take(slice(0, NOTES))
     prompt = tmp_path / "prompt.mid"
-    events_to_score(joined([("A", a), ("B", b)])).dump_midi(str(prompt))
+    events_to_score(join_sections([("A", a), ("B", b)])).dump_midi(str(prompt))
     pieces = tmp_path / "pieces"
     pieces.mkdir()
-    events_to_score(joined([("A", a), ("B", b)])).dump_midi(str(pieces / "copied.mid"))
-    events_to_score(joined([("A", b), ("B", a)])).dump_midi(str(pieces / "swapped.mid"))
+    events_to_score(join_sections([("A", a), ("B", b)])).dump_midi(str(pieces / "copied.mid"))
+    events_to_score(join_sections([("A", b), ("B", a)])).dump_midi(str(pieces / "swapped.mid"))
     result = CliRunner().invoke(app, ["music", "evaluate", str(pieces), "--prompt", str(prompt)])
     assert result.exit_code == 0, result.output
     assert "prompt following: 50% of 4 sections" in result.output

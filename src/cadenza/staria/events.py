@@ -136,6 +136,17 @@ class MusicEvents:
                            kept_section)
 
 
+def join_sections(parts: list[tuple[str, MusicEvents]], gap_ms: int = 500) -> MusicEvents:
+    """(letter, notes) sections played one after another, `gap_ms` apart, each opened by its letter."""
+    joined, start = [], 0
+    for letter, notes in parts:
+        if len(notes):
+            section = notes.shifted(start - int(notes.onset_ms.min())).with_section(SECTION_LETTERS.index(letter))
+            joined.append(section)
+            start = section.end_ms + gap_ms
+    return MusicEvents.concat(joined)
+
+
 def events_from_raw(raw: RawNotes, section_markers: bool = True) -> MusicEvents:
     """Quantize raw notes; markers named A-D become section starts on the first note at or after them."""
     instrument = np.where(raw.is_drum, DRUM, np.clip(raw.program, 0, 127) // 8)
