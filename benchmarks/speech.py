@@ -48,15 +48,11 @@ import torch
 
 from cadenza.core.sampling import SamplingConfig, make_generator, repetition_aware_sample
 from cadenza.higgs_audio import training
-from cadenza.higgs_audio.collator import expand_sample
-from cadenza.higgs_audio.dataset import ChatMLDatasetSample
 from cadenza.higgs_audio.decoding import HiggsAudioDecoder
-from cadenza.higgs_audio.engine import (
-    SHIPPED_MODEL,
-    GenerationSettings,
-    HiggsAudioServeEngine,
-)
+from cadenza.higgs_audio.engine import SHIPPED_MODEL, GenerationSettings, HiggsAudioServeEngine
+from cadenza.higgs_audio.inputs import expand_sample, pad_inputs
 from cadenza.higgs_audio.modeling import HiggsAudioModel, KVCache
+from cadenza.higgs_audio.prompt import ChatMLDatasetSample
 from cadenza.higgs_audio.sampler import BatchSampler
 from cadenza.higgs_audio.speak import (
     SpeechRequest,
@@ -137,7 +133,7 @@ def _prefilled(engine: HiggsAudioServeEngine, prompt: ChatMLDatasetSample, batch
     cfg = engine.config
     prompt = ChatMLDatasetSample(prompt.input_ids + [cfg.audio_out_bos_token_id], prompt.label_ids + [-100],
                                  prompt.audio_codes)
-    inputs = engine.collator.pad([expand_sample(prompt, cfg)] * batch)
+    inputs = pad_inputs([expand_sample(prompt, cfg)] * batch, cfg, pad_left=True, round_to=1)
     attention = inputs.pop("attention_mask")
     cache = KVCache(cfg, batch, attention.shape[1] + steps + 1)
     with torch.inference_mode():

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cadenza.higgs_audio.dataset import codec_fingerprint, read_frames, read_manifest, rough_frames
+from cadenza.higgs_audio.codec.api import codec_fingerprint
+from cadenza.higgs_audio.dataset import read_frames
+from cadenza.higgs_audio.manifest import read_manifest
+from cadenza.higgs_audio.prompt import rough_frames
 from cadenza.higgs_audio.text import TextTokenizer, normalize_transcript, phonemize_batch
 
 SMOOTHING, MIX = 0.5, 0.9  # add-0.5 counts; 90% conditional + 10% unigram for rare phonemes

@@ -26,9 +26,10 @@ import torch
 from cadenza.core.audio import resample
 from cadenza.higgs_audio.codec.api import load_audio_tokenizer
 from cadenza.higgs_audio.collator import HiggsAudioSampleCollator
-from cadenza.higgs_audio.dataset import SampleMix, SpeechLMDataset, tokenize_sample
-from cadenza.higgs_audio.engine import TOKENIZER_FILE
+from cadenza.higgs_audio.configuration import TOKENIZER_FILE
+from cadenza.higgs_audio.dataset import SampleMix, SpeechLMDataset
 from cadenza.higgs_audio.modeling import HiggsAudioModel
+from cadenza.higgs_audio.prompt import tokenize_sample
 from cadenza.higgs_audio.speech_metrics import Transcriber, edit_distance, normalize_words
 from cadenza.higgs_audio.text import TextTokenizer
 

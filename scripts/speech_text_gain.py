@@ -17,9 +17,11 @@ from pathlib import Path
 import torch
 
 from cadenza.higgs_audio.collator import HiggsAudioSampleCollator
-from cadenza.higgs_audio.dataset import SampleMix, SpeechLMDataset, tokenize_sample
+from cadenza.higgs_audio.configuration import TOKENIZER_FILE
+from cadenza.higgs_audio.dataset import SampleMix, SpeechLMDataset
+from cadenza.higgs_audio.prompt import tokenize_sample
 from cadenza.higgs_audio.text import TextTokenizer
-from cadenza.higgs_audio.training import TOKENIZER_FILE, SpeechLMModule
+from cadenza.higgs_audio.training import SpeechLMModule
 
 
 @torch.no_grad()

@@ -11,11 +11,11 @@ import soundfile as sf
 import torch
 
 from cadenza.higgs_audio.chatml import AudioContent, ChatMLSample, Message
-from cadenza.higgs_audio.collator import expand_sample
-from cadenza.higgs_audio.dataset import system_message
 from cadenza.higgs_audio.delay import build_delay_pattern
 from cadenza.higgs_audio.engine import GenerationSettings, HiggsAudioServeEngine
 from cadenza.higgs_audio.evaluate import CaseResult, aggregate, format_report
+from cadenza.higgs_audio.inputs import expand_sample
+from cadenza.higgs_audio.prompt import system_message
 from cadenza.higgs_audio.speak import (
     VOICES_DIR,
     Reference,

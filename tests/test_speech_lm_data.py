@@ -12,11 +12,14 @@ import soundfile as sf
 import torch
 
 from cadenza.higgs_audio.chatml import AudioContent, ChatMLSample, Message
-from cadenza.higgs_audio.collator import IGNORE, HiggsAudioSampleCollator, expand_sample, transcript_pointer
+from cadenza.higgs_audio.collator import HiggsAudioSampleCollator
 from cadenza.higgs_audio.configuration import HiggsAudioConfig
 from cadenza.higgs_audio.corpus_voices import VoiceIdentity, engine_available, synthesize
-from cadenza.higgs_audio.dataset import ChatMLDatasetSample, SampleMix, SpeechLMDataset, encode_corpus, read_manifest, tokenize_sample
+from cadenza.higgs_audio.dataset import SampleMix, SpeechLMDataset, encode_corpus
 from cadenza.higgs_audio.delay import build_delay_pattern
+from cadenza.higgs_audio.inputs import IGNORE, expand_sample, pad_inputs, transcript_pointer
+from cadenza.higgs_audio.manifest import read_manifest
+from cadenza.higgs_audio.prompt import ChatMLDatasetSample, tokenize_sample
 from cadenza.higgs_audio.text import TextTokenizer
 from cadenza.higgs_audio.training import token_ids
 
@@ -169,7 +172,7 @@ def test_collator_pads_right_for_training_and_left_for_prompts(config, tokenizer
     batch = HiggsAudioSampleCollator(config)([short, long])
     assert batch["input_ids"].shape[1] % 8 == 0 and batch["audio_codes"].shape[1] == 8
     assert batch["attention_mask"][0, 0] == 1 and batch["attention_mask"][0, -1] == 0
-    left = HiggsAudioSampleCollator(config, pad_left=True, round_to=1)([short, long])
+    left = pad_inputs([expand_sample(s, config) for s in (short, long)], config, pad_left=True, round_to=1)
     assert left["attention_mask"][0, -1] == 1 and left["attention_mask"][0, 0] == 0
     assert (left["text_labels"][left["attention_mask"] == 0] == IGNORE).all()
     with pytest.raises(ValueError, match="placeholders"):
@@ -272,7 +275,7 @@ def test_eval_codec_cli_measures_held_out_clips(corpus, tmp_path):
 
 
 def test_length_grouped_epochs_cut_padding_and_keep_every_item(corpus, tokenizer):
-    from cadenza.higgs_audio.dataset import expanded_length
+    from cadenza.higgs_audio.prompt import expanded_length
 
     data = SpeechLMDataset(corpus, tokenizer, "train", seed=3, group_by_length=2)
     data.set_epoch(1)

@@ -108,7 +108,7 @@ def generate_cmd(
 
 
 def _default_scene() -> str:
-    from cadenza.higgs_audio.dataset import DEFAULT_SCENE
+    from cadenza.higgs_audio.prompt import DEFAULT_SCENE
 
     return DEFAULT_SCENE
 

@@ -26,9 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from cadenza.higgs_audio.dataset import FRAMES_FILE, codec_fingerprint, read_frames, read_manifest
+from cadenza.higgs_audio.codec.api import codec_fingerprint
+from cadenza.higgs_audio.dataset import FRAMES_FILE, read_frames
+from cadenza.higgs_audio.manifest import read_manifest
 from cadenza.higgs_audio.speech_metrics import edit_distance
-from cadenza.higgs_audio.text import TextTokenizer, normalize_transcript, phonemize_batch
+from cadenza.higgs_audio.text import TextTokenizer, normalize_transcript, phonemize_batch, sounding
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +60,6 @@ class CTCAligner(nn.Module):
         packed = nn.utils.rnn.pack_padded_sequence(x, UPSAMPLE * lengths.cpu(), batch_first=True, enforce_sorted=False)
         x, _ = nn.utils.rnn.pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])
         return self.head(x).log_softmax(-1)
-
-
-def sounding(tokenizer: TextTokenizer, ids: list[int]) -> list[int]:
-    """Indices of the tokens of a spoken transcript that take time (the aligner's CTC targets)."""
-    return [i for i, d in enumerate(tokenizer.durations(ids)) if d > 0]
 
 
 def forced_align(log_probs: np.ndarray, targets: list[int], blank: int = 0) -> np.ndarray:

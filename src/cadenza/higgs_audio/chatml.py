@@ -7,8 +7,14 @@ stream as one placeholder token between markers; the collator later expands it t
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from cadenza.higgs_audio.text import TextTokenizer
 
@@ -28,6 +34,33 @@ class AudioContent:
     duration: float | None = None
     row_id: int | None = None
     type: str = "audio"
+
+    def cache_key(self) -> tuple:
+        """What identifies this clip: its file as it is now (path + mtime) or a hash of its bytes, and its cut."""
+        if self.raw_audio:
+            source = hashlib.sha1(self.raw_audio.encode()).hexdigest()
+        else:
+            path = Path(self.audio_url)
+            source = (str(path), path.stat().st_mtime_ns if path.is_file() else None)
+        return source, self.offset, self.duration
+
+    def waveform(self) -> tuple[np.ndarray | str, int | None]:
+        """What an audio tokenizer encodes: (samples, rate), cut to offset/duration if set, or (path, None)."""
+        from cadenza.core.audio import read_audio
+
+        if self.raw_audio:
+            import soundfile as sf
+
+            wav, sr = sf.read(io.BytesIO(base64.b64decode(self.raw_audio)), dtype="float32")
+        elif not self.audio_url:
+            raise ValueError("audio content has neither audio_url nor raw_audio")
+        elif self.offset or self.duration:
+            wav, sr = read_audio(self.audio_url)
+        else:
+            return self.audio_url, None
+        start = int((self.offset or 0.0) * sr)
+        stop = None if self.duration is None else start + int(self.duration * sr)
+        return wav[start:stop], sr
 
 
 @dataclass

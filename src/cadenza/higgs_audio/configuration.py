@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+TOKENIZER_FILE = "tokenizer.json"  # the text tokenizer, beside config.json in a model directory
+
 
 class HiggsAudioConfig(PretrainedConfig):
     """A Llama-style decoder with DualFFN layers, audio-code embeddings and an audio head.

@@ -16,60 +16,30 @@ Only the final assistant turn (the target audio) is labelled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from cadenza.higgs_audio.chatml import (AudioContent, ChatMLSample, Message, TextContent, prepare_chatml_sample,
-                                       transcript_span)
+from cadenza.higgs_audio.chatml import AudioContent, ChatMLSample, Message
+from cadenza.higgs_audio.codec.api import codec_fingerprint
+from cadenza.higgs_audio.manifest import read_manifest
+from cadenza.higgs_audio.prompt import ChatMLDatasetSample, expanded_length, system_message, tokenize_sample
 from cadenza.higgs_audio.text import TextTokenizer
 
 log = logging.getLogger(__name__)
 
-SYSTEM_PROMPT = "Generate audio following instruction."
-DEFAULT_SCENE = "Audio is recorded from a quiet room."
 FRAMES_FILE = "frames.jsonl"  # beside the codes: where each transcript token is spoken (aligner.align_corpus)
 SILENCE_SECONDS = 0.2  # pause between the turns of a stitched dialogue
 
 
-def system_message(scene: str | None = DEFAULT_SCENE, references: dict[int, AudioContent] | None = None) -> Message:
-    """The original's system prompt: an instruction, then a scene block that may hold a reference clip per
-    speaker number (`SPEAKERn: <audio>`), the way `--ref_audio_in_system_message` places them."""
-    references = references or {}
-    if not scene and not references:
-        return Message("system", SYSTEM_PROMPT)
-    content: list = [TextContent(f"{SYSTEM_PROMPT}\n\n<|scene_desc_start|>\n{scene or ''}")]
-    for n, audio in sorted(references.items()):
-        content += [TextContent(f"\n\nSPEAKER{n}: "), audio]
-    content.append(TextContent("\n<|scene_desc_end|>"))
-    return Message("system", content)
-
-
 # ----------------------------------------------------------------------------- code cache
-
-
-def codec_fingerprint(codec_dir: str | Path | None) -> str:
-    """A short hash of a codec's weights: code caches of different codecs never mix."""
-    from cadenza.higgs_audio.codec.api import SHIPPED_DIR, WEIGHTS
-
-    weights = Path(codec_dir or SHIPPED_DIR) / WEIGHTS
-    return hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
-
-
-def read_manifest(corpus_dir: str | Path) -> list[dict]:
-    """The rows of `CORPUS/manifest.jsonl`; a clear error when the directory is not a speech corpus."""
-    path = Path(corpus_dir) / "manifest.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{corpus_dir}: not a speech corpus (no manifest.jsonl; build one with `cadenza data speech`)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def corpus_tokenizer(corpus_dir: str | Path) -> TextTokenizer:
@@ -121,41 +91,6 @@ def encode_corpus(corpus_dir: str | Path, codec_dir: str | Path | None = None, p
 
 
 @dataclass
-class ChatMLDatasetSample:
-    """One conversation ready for the collator: tokens with unexpanded audio placeholders + their codes."""
-
-    input_ids: list[int]
-    label_ids: list[int]
-    audio_codes: list[np.ndarray] = field(default_factory=list)  # (n_q, T) per placeholder, in order
-    transcript_span: tuple[int, int] | None = None  # tokens spoken by the trained audio (chatml.transcript_span)
-    # the frame of the trained audio at which each of those tokens is spoken (-1: a token that takes no time)
-    transcript_frames: list[float] | None = None
-
-
-def tokenize_sample(sample: ChatMLSample, tokenizer: TextTokenizer, codes: list[np.ndarray],
-                    frames: list[float] | None = None) -> ChatMLDatasetSample:
-    """`prepare_chatml_sample` plus the codes of its audio contents (one array per placeholder). `frames`:
-    where the transcript's tokens are spoken in the last audio (`aligner.align_corpus`); when not given (or
-    not matching), a rough guess that spreads the tokens over the audio by their rough durations."""
-    input_ids, label_ids, audio_contents, _ = prepare_chatml_sample(sample, tokenizer)
-    if len(audio_contents) != len(codes):
-        raise ValueError(f"sample has {len(audio_contents)} audio contents but {len(codes)} code arrays")
-    span = transcript_span(input_ids, label_ids, tokenizer)
-    if span and (frames is None or len(frames) != span[1] - span[0]):
-        frames = rough_frames(tokenizer.durations(input_ids[span[0]:span[1]]), codes[-1].shape[1])
-    return ChatMLDatasetSample(input_ids, label_ids, list(codes), span, frames if span else None)
-
-
-def rough_frames(durations: list[float], n_frames: int) -> list[float]:
-    """Tokens of these rough durations spread over n_frames: the frame at the middle of each (-1: no duration)."""
-    d = np.asarray(durations, np.float64)
-    if d.sum() <= 0:
-        return [-1.0] * len(d)
-    middles = (np.cumsum(d) - d / 2) / d.sum() * n_frames
-    return np.where(d > 0, middles, -1.0).round(2).tolist()
-
-
-@dataclass
 class SampleMix:
     """How often each kind of conversation is drawn (normalized), and the reference/target limits."""
 
@@ -165,11 +100,6 @@ class SampleMix:
     system_reference: float = 0.5  # share of clone samples with the reference in the system message
     max_target_seconds: float = 10.0
     max_reference_seconds: float = 6.0
-
-
-def expanded_length(sample: ChatMLDatasetSample) -> int:
-    """Positions of a sample once its placeholders are delay-pattern frames (T + n_q + 1 each)."""
-    return len(sample.input_ids) + sum(codes.shape[1] + codes.shape[0] for codes in sample.audio_codes)
 
 
 def length_grouped_order(samples: list[ChatMLDatasetSample], group: int, seed: int, window: int = 50) -> list[int]:

@@ -23,9 +23,7 @@ that completes it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
-import io
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -35,20 +33,20 @@ import numpy as np
 import torch
 
 from cadenza.core.sampling import make_generator
-from cadenza.higgs_audio.aligner import sounding
 from cadenza.higgs_audio.chatml import AudioContent, ChatMLSample, last_user_text, prepare_chatml_sample
-from cadenza.higgs_audio.collator import HiggsAudioSampleCollator, expand_sample
-from cadenza.higgs_audio.dataset import ChatMLDatasetSample
+from cadenza.higgs_audio.codec.api import codec_fingerprint, load_audio_tokenizer
+from cadenza.higgs_audio.configuration import TOKENIZER_FILE
 from cadenza.higgs_audio.decoding import HiggsAudioDecoder
 from cadenza.higgs_audio.delay import DelayReverter
+from cadenza.higgs_audio.inputs import expand_sample, pad_inputs
 from cadenza.higgs_audio.modeling import HiggsAudioModel, KVCache
+from cadenza.higgs_audio.prompt import ChatMLDatasetSample
 from cadenza.higgs_audio.sampler import BatchSampler
-from cadenza.higgs_audio.text import TextTokenizer
+from cadenza.higgs_audio.text import TextTokenizer, sounding
 
 CODES_CACHE_SIZE = 64  # reference clips whose codes an engine keeps
 PREFIX_CACHE_SIZE = 8  # prompt prefixes up to their reference clips whose KV cache an engine keeps
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "pretrained" / "higgs_audio_small"
-TOKENIZER_FILE = "tokenizer.json"
 
 
 @dataclass
@@ -114,8 +112,6 @@ class HiggsAudioServeEngine:
                  decode_weight_dtype: torch.dtype = torch.float16):
         """dtype: of the model (the prompt's prefill); decode_weight_dtype: how the decoding steps store the
         weights (float16 halves the bytes a step reads; products stay float32, see decoding.py)."""
-        from cadenza.higgs_audio.codec.api import load_audio_tokenizer
-
         model_path = Path(model_path) if model_path is not None else SHIPPED_MODEL
         if not (model_path / "config.json").is_file():
             raise FileNotFoundError(f"{model_path}: not a Higgs Audio model directory (train one: `cadenza speech train`)")
@@ -127,7 +123,6 @@ class HiggsAudioServeEngine:
         self.tokenizer = TextTokenizer.load(model_path / TOKENIZER_FILE)
         self.audio_tokenizer = load_audio_tokenizer(audio_tokenizer_path, device=device)
         _check_codec(self.config, audio_tokenizer_path)
-        self.collator = HiggsAudioSampleCollator(self.config, pad_left=True, round_to=1)
         self.sampling_rate = self.audio_tokenizer.sampling_rate
         self._codes_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()  # reference clips, newest last
         self._prefix_cache: OrderedDict[bytes, tuple[list, list]] = OrderedDict()  # prefixes' (keys, values)
@@ -210,20 +205,11 @@ class HiggsAudioServeEngine:
 
     def audio_codes(self, content: AudioContent) -> np.ndarray:
         """Codes (n_q, T) of an audio content: a file path or base64 wav, cut to offset/duration if set."""
-        key = _audio_key(content)
+        key = content.cache_key()
         if key in self._codes_cache:
             self._codes_cache.move_to_end(key)
         else:
-            if content.raw_audio:
-                import soundfile as sf
-
-                wav, sr = sf.read(io.BytesIO(base64.b64decode(content.raw_audio)), dtype="float32")
-            elif content.audio_url:
-                wav, sr = content.audio_url, None
-            else:
-                raise ValueError("audio content has neither audio_url nor raw_audio")
-            if content.offset or content.duration:
-                wav, sr = _cut(wav, sr, content.offset or 0.0, content.duration)
+            wav, sr = content.waveform()
             self._codes_cache[key] = self.audio_tokenizer.encode(wav, sr=sr).numpy()
             while len(self._codes_cache) > CODES_CACHE_SIZE:
                 self._codes_cache.popitem(last=False)
@@ -287,7 +273,7 @@ class HiggsAudioServeEngine:
             shared, rest = 0, expanded
         else:
             rest = [e.positions(slice(shared, None)) for e in expanded]
-        batch = self.collator.pad(rest)
+        batch = pad_inputs(rest, cfg, pad_left=True, round_to=1)
         suffix_mask = batch.pop("attention_mask").to(self.device)
         inputs = {k: v.to(self.device) for k, v in batch.items() if "labels" not in k}
         cache = KVCache(cfg, len(expanded), shared + suffix_mask.shape[1] + longest + 1, dtype=torch.float32,
@@ -308,7 +294,7 @@ class HiggsAudioServeEngine:
         the engine's cache of recent prefixes when they were computed before, else are computed and stored
         there (at most PREFIX_CACHE_SIZE prefixes, least recently used dropped first)."""
         def run(span: slice) -> None:
-            inputs = self.collator.pad([prompt.positions(span)])
+            inputs = pad_inputs([prompt.positions(span)], self.config, pad_left=True, round_to=1)
             self.model(**{k: v.to(self.device) for k, v in inputs.items() if k in input_names}, past_key_values=cache)
 
         cache = KVCache(self.config, 1, shared, dtype=torch.float32, device=self.device)
@@ -454,8 +440,6 @@ class HiggsAudioServeEngine:
 
 def _check_codec(config, audio_tokenizer_path: str | Path | None) -> None:
     """A model only speaks through the audio tokenizer whose codes it learned."""
-    from cadenza.higgs_audio.dataset import codec_fingerprint
-
     expected = getattr(config, "audio_tokenizer_fingerprint", None)
     found = codec_fingerprint(audio_tokenizer_path)
     if expected is not None and expected != found:
@@ -470,16 +454,6 @@ def _reference_end(prompt) -> int:
     return min(int(audio[-1]) + 1, len(prompt) - 1) if len(audio) else 0
 
 
-def _audio_key(content: AudioContent) -> tuple:
-    """What identifies a reference clip's codes: its file as it is now (path + mtime) or a hash of its bytes."""
-    if content.raw_audio:
-        source = hashlib.sha1(content.raw_audio.encode()).hexdigest()
-    else:
-        path = Path(content.audio_url)
-        source = (str(path), path.stat().st_mtime_ns if path.is_file() else None)
-    return source, content.offset, content.duration
-
-
 def _per_request(settings, n: int) -> list[GenerationSettings]:
     if settings is None:
         return [GenerationSettings() for _ in range(n)]
@@ -488,16 +462,6 @@ def _per_request(settings, n: int) -> list[GenerationSettings]:
     if len(settings) != n:
         raise ValueError(f"{len(settings)} settings for {n} requests")
     return list(settings)
-
-
-def _cut(wav, sr: int | None, offset: float, duration: float | None):
-    from cadenza.core.audio import read_audio
-
-    if not isinstance(wav, np.ndarray):
-        wav, sr = read_audio(wav)
-    start = int(offset * sr)
-    stop = None if duration is None else start + int(duration * sr)
-    return wav[start:stop], sr
 
 
 __all__ = ["HiggsAudioServeEngine", "HiggsAudioResponse", "HiggsAudioStreamerDelta", "GenerationSettings", "SHIPPED_MODEL"]

@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from cadenza.core.audio import read_audio, resample
-from cadenza.higgs_audio.dataset import DEFAULT_SCENE, read_manifest
 from cadenza.higgs_audio.engine import GenerationSettings, HiggsAudioServeEngine
+from cadenza.higgs_audio.manifest import read_manifest
+from cadenza.higgs_audio.prompt import DEFAULT_SCENE
 from cadenza.higgs_audio.speak import Reference, SpeechRequest, conversation, file_reference, plan_chunks
 from cadenza.higgs_audio.speech_metrics import SpeakerEncoder, Transcriber, edit_distance, festival_clips, normalize_words
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from cadenza.higgs_audio.chatml import AudioContent, ChatMLSample, Message
-from cadenza.higgs_audio.dataset import DEFAULT_SCENE, ChatMLDatasetSample, system_message, tokenize_sample
 from cadenza.higgs_audio.engine import GenerationSettings, HiggsAudioResponse, HiggsAudioServeEngine
+from cadenza.higgs_audio.prompt import DEFAULT_SCENE, ChatMLDatasetSample, system_message, tokenize_sample
 from cadenza.higgs_audio.text import TextTokenizer
 
 VOICES_DIR = Path(__file__).resolve().parents[1] / "pretrained" / "voices"

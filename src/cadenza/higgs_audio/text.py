@@ -449,3 +449,9 @@ class TextTokenizer:
             return cls(data["vocab"])
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from e
+
+
+def sounding(tokenizer: TextTokenizer, ids: list[int]) -> list[int]:
+    """Indices of the tokens of a spoken transcript that take time (the aligner's CTC targets, the tokens a
+    transcript pointer walks over)."""
+    return [i for i, d in enumerate(tokenizer.durations(ids)) if d > 0]

@@ -19,13 +19,13 @@ import torch
 
 from cadenza.core.checkpoint import half_state_dict
 from cadenza.core.training import ResumableDataLoader, TrainConfig, configure_optimizers, fit, load_config, train_config
+from cadenza.higgs_audio.codec.api import codec_fingerprint
 from cadenza.higgs_audio.collator import HiggsAudioSampleCollator
-from cadenza.higgs_audio.configuration import HiggsAudioConfig
-from cadenza.higgs_audio.dataset import SampleMix, SpeechLMDataset, codec_fingerprint, corpus_tokenizer
+from cadenza.higgs_audio.configuration import TOKENIZER_FILE, HiggsAudioConfig
+from cadenza.higgs_audio.dataset import SampleMix, SpeechLMDataset, corpus_tokenizer
 from cadenza.higgs_audio.modeling import HiggsAudioModel
 from cadenza.higgs_audio.text import TextTokenizer
 
-TOKENIZER_FILE = "tokenizer.json"
 PRESETS = {"tiny": HiggsAudioConfig.tiny, "small": HiggsAudioConfig.small, "paper": HiggsAudioConfig.paper}
 # Parameter-name prefixes of the audio adapter: the part `finetune.freeze_llm` leaves trainable.
 AUDIO_ADAPTER = ("audio_codebook_embeddings", "audio_lm_head", "audio_input_layernorm",

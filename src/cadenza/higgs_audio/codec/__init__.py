@@ -4,6 +4,6 @@
 `training` (Lightning), `api` (load_audio_tokenizer), `evaluate` (WER / speaker similarity / PESQ).
 """
 
-from cadenza.higgs_audio.codec.api import AudioTokenizer, load_audio_tokenizer
+from cadenza.higgs_audio.codec.api import AudioTokenizer, codec_fingerprint, load_audio_tokenizer
 
-__all__ = ["AudioTokenizer", "load_audio_tokenizer"]
+__all__ = ["AudioTokenizer", "codec_fingerprint", "load_audio_tokenizer"]

@@ -10,6 +10,7 @@ long inputs are encoded and decoded in overlapping chunks, so memory stays bound
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -195,6 +196,12 @@ class StreamingDecoder:
         return out
 
 
+def codec_fingerprint(path: str | Path | None = None) -> str:
+    """A short hash of the weights of the codec at `path` (the shipped one when None): models and code caches
+    record it, so codes of different codecs never mix."""
+    return hashlib.sha256((Path(path or SHIPPED_DIR) / WEIGHTS).read_bytes()).hexdigest()[:12]
+
+
 def load_audio_tokenizer(path: str | Path | None = None, device: str = "cpu") -> AudioTokenizer:
     """The audio tokenizer at `path` (a `save_codec` directory), or the shipped one when None."""
     path = SHIPPED_DIR if path is None else Path(path)
@@ -203,4 +210,4 @@ def load_audio_tokenizer(path: str | Path | None = None, device: str = "cpu") ->
     return AudioTokenizer(load_codec(path), device=device)
 
 
-__all__ = ["AudioTokenizer", "StreamingDecoder", "AudioError", "load_audio_tokenizer", "save_codec", "load_codec", "SHIPPED_DIR"]
+__all__ = ["AudioTokenizer", "StreamingDecoder", "AudioError", "load_audio_tokenizer", "codec_fingerprint", "save_codec", "load_codec", "SHIPPED_DIR"]
