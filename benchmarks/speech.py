@@ -11,7 +11,7 @@ depend on when a (possibly untrained) model would stop. Measured in one process,
   at 5 prefix lengths spread over the same decode and projected to all steps (a full run would take minutes).
   (a) and (b) are measured for a voice the engine has read before (its reference's KV cache kept: the
   steady state of a server or a batch file) and, as baseline `cold`, for the first request with that voice.
-- (b) time to first streamed audio from `stream_prompt` (prefill, the decode steps until the delay pattern
+- (b) time to first streamed audio from `speak_stream` (prefill, the decode steps until the delay pattern
   and the codec's lookahead release the first frame, and that frame's decode), target <= 250 ms.
 - (c) throughput at batch `--batch` in audio seconds per wall second; baseline: batch 1 in the same run;
   target >= 10x. All requests clone one voice, so the engine prefills their common prompt prefix once and
@@ -54,12 +54,7 @@ from cadenza.higgs_audio.inputs import expand_sample, pad_inputs
 from cadenza.higgs_audio.modeling import HiggsAudioModel, KVCache
 from cadenza.higgs_audio.prompt import ChatMLDatasetSample
 from cadenza.higgs_audio.sampler import BatchSampler
-from cadenza.higgs_audio.speak import (
-    SpeechRequest,
-    conversation,
-    plan_chunks,
-    voice_reference,
-)
+from cadenza.higgs_audio.speak import SpeechRequest, first_prompt, speak_batch, speak_stream, voice_reference
 from cadenza.higgs_audio.text import TextTokenizer
 
 RESULTS = Path(__file__).parent / "results" / "speech.json"
@@ -185,7 +180,7 @@ def our_steps(engine: HiggsAudioServeEngine, decoder: HiggsAudioDecoder, prompt:
     saved, engine.min_shared_prefix = engine.min_shared_prefix, engine.min_shared_prefix if share else 1 << 30
     try:
         with torch.inference_mode():
-            cache, attention, hidden, shared = engine._prefill([expand_sample(prompt, cfg)] * batch, steps)
+            cache, attention, hidden, shared = engine.prefill([expand_sample(prompt, cfg)] * batch, steps)
     finally:
         engine.min_shared_prefix = saved
     settings = [GenerationSettings(temperature=0.7, top_p=0.95, seed=i) for i in range(batch)]
@@ -253,20 +248,23 @@ def main() -> None:
     engine, source = build_engine(args.model, args.preset)
     suppress_eos(engine)
     n_q, fps = engine.config.audio_num_codebooks, engine.audio_tokenizer.tps
-    request = SpeechRequest(SENTENCE, {0: voice_reference(engine, "joe")})
-    prompt = conversation(request, plan_chunks(SENTENCE, None)[0], [], engine.tokenizer)
     steps = args.frames + n_q + 1  # the all-BOS column, the frames, and the one a cut-off stream holds back
     audio_seconds = args.frames / fps
 
-    def settings(seed: int) -> GenerationSettings:
-        return GenerationSettings(max_new_tokens=steps, temperature=0.7, seed=seed)
+    joe = voice_reference(engine, "joe")
+
+    def request(seed: int) -> SpeechRequest:
+        settings = GenerationSettings(max_new_tokens=steps, temperature=0.7, seed=seed)
+        return SpeechRequest(SENTENCE, {0: joe}, settings=settings)
+
+    prompt = first_prompt(engine, request(0))
 
     def batch_of(size: int, share: bool = True):
         def run():
             saved = engine.min_shared_prefix
             engine.min_shared_prefix = saved if share else 1 << 30
             try:
-                responses = engine.generate_prompts([prompt] * size, [settings(i) for i in range(size)])
+                responses = speak_batch(engine, [request(i) for i in range(size)])
             finally:
                 engine.min_shared_prefix = saved
             assert all(r.generated_audio_tokens.shape[1] == args.frames for r in responses)
@@ -276,7 +274,7 @@ def main() -> None:
     def first_audio() -> tuple[int, float]:
         """(decode steps until the first audio, seconds until the first delta: the prefill)."""
         start, prefill = time.perf_counter(), None
-        for n, delta in enumerate(engine.stream_prompt(prompt, settings(0)), 1):
+        for n, delta in enumerate(speak_stream(engine, request(0)), 1):
             prefill = prefill if prefill is not None else time.perf_counter() - start
             if delta.audio is not None and len(delta.audio):
                 return n, prefill
@@ -284,7 +282,7 @@ def main() -> None:
 
     def cold(fn):
         """`fn` on an engine that has not read this voice's reference before (its prefix cache emptied)."""
-        return lambda: engine._prefix_cache.clear() or fn()
+        return lambda: engine.clear_prefix_cache() or fn()
 
     unshared = f"batch_{args.batch}_no_prefix_sharing"
     runs = {"batch_1": batch_of(1), "batch_1_cold": cold(batch_of(1)), f"batch_{args.batch}": batch_of(args.batch),
@@ -307,7 +305,7 @@ def main() -> None:
     median_cpu = {name: statistics.median(c for _, c in v) for name, v in times.items()}
 
     # Baseline (a): the same decode without a KV cache, projected from 5 timed steps, plus the same codec decode.
-    columns = [d.audio_tokens for d in engine.stream_prompt(prompt, settings(0)) if d.audio_tokens is not None]
+    columns = [d.audio_tokens for d in speak_stream(engine, request(0)) if d.audio_tokens is not None]
     codes = outputs["batch_1"][0].generated_audio_tokens
     codec_seconds = min(timed(lambda: engine.audio_tokenizer.decode(codes))[0] for _ in range(2))
     no_cache = no_cache_step_seconds(engine, prompt, columns)

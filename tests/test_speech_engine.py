@@ -16,15 +16,8 @@ from cadenza.higgs_audio.engine import GenerationSettings, HiggsAudioServeEngine
 from cadenza.higgs_audio.evaluate import CaseResult, aggregate, format_report
 from cadenza.higgs_audio.inputs import expand_sample
 from cadenza.higgs_audio.prompt import system_message
-from cadenza.higgs_audio.speak import (
-    VOICES_DIR,
-    Reference,
-    SpeechRequest,
-    conversation,
-    plan_chunks,
-    speak,
-    voice_reference,
-)
+from cadenza.higgs_audio.speak import (VOICES_DIR, Reference, SpeechRequest, first_prompt, plan_chunks, speak, speak_batch,
+                                       speak_stream, voice_reference)
 from cadenza.higgs_audio.text import SILENT_SYMBOLS, TextTokenizer
 
 SENTENCES = ["Hello there.", "How are you today, my friend?", "It is a fine day for a walk in the park."]
@@ -48,8 +41,7 @@ def slt(engine) -> Reference:
 
 
 def _prompt(engine, text: str, references: dict | None = None, **request):
-    req = SpeechRequest(text, dict(references or {}), **request)
-    return conversation(req, plan_chunks(text, None)[0], [], engine.tokenizer)
+    return first_prompt(engine, SpeechRequest(text, dict(references or {}), **request))
 
 
 def _settings(n: int, seed: int | None) -> GenerationSettings:
@@ -260,6 +252,27 @@ def test_stream_ending_on_eos_flushes_all_audio(engine, monkeypatch):
     np.testing.assert_allclose(streamed, whole.audio, atol=1e-4)
 
 
+def test_batched_streams_match_streams_alone_and_a_cancelled_one_stops(engine, joe):
+    prompts = [_prompt(engine, SENTENCES[0]), _prompt(engine, SENTENCES[1], {0: joe})]
+    settings = [_settings(24, 1), _settings(30, 2)]
+    steps = list(engine.stream_prompts(prompts, settings))
+    assert len(steps) == 30 and all(len(deltas) == 2 for deltas in steps)
+    for i, (prompt, s) in enumerate(zip(prompts, settings)):
+        alone = list(engine.stream_prompt(prompt, s))
+        together = [deltas[i] for deltas in steps]
+        assert [d.finish_reason for d in together[: len(alone)]] == [d.finish_reason for d in alone]
+        assert all(d.audio is None and d.response is None for d in together[len(alone):])  # done: empty deltas
+        np.testing.assert_allclose(np.concatenate([d.audio for d in together if d.audio is not None]),
+                                   np.concatenate([d.audio for d in alone if d.audio is not None]), atol=1e-4)
+        whole = engine.generate_prompts([prompt], s)[0]
+        last = together[len(alone) - 1].response
+        np.testing.assert_array_equal(last.generated_audio_tokens, whole.generated_audio_tokens)
+        assert last.audio is None and last.usage == whole.usage
+    cancelled = list(engine.stream_prompts(prompts, settings, cancelled=lambda i: i == 1))
+    assert [d.finish_reason for d in cancelled[1]] == [None, "cancelled"]
+    assert len(cancelled) == 24 and cancelled[1][1].response.usage["completion_tokens"] == 1
+
+
 def test_async_delta_stream(engine):
     sample = ChatMLSample([system_message(), Message("user", "Hello there.")])
 
@@ -349,6 +362,32 @@ def test_voice_picked_for_speaker1_is_labelled_speaker1(engine, monkeypatch):
                                 settings=_settings(20, 1)))
     system = _turns(engine.tokenizer, rec.prompts[1].input_ids)[0][1]
     assert "SPEAKER1: <|audio_bos|>" in system
+
+
+def test_speak_batch_gives_each_request_what_speak_gives_it(engine, joe):
+    """Requests of a batch, one of them long form, are said as each is alone (chunks in step, seeds per chunk)."""
+    requests = [SpeechRequest(SENTENCES[0], {0: joe}, settings=_settings(20, 1)),
+                SpeechRequest(" ".join(SENTENCES), chunk_method="word", chunk_max_word_num=6, settings=_settings(16, 2)),
+                SpeechRequest("[SPEAKER0] Hello there. [SPEAKER1] How are you?", chunk_method="speaker",
+                              settings=_settings(14, 3))]
+    batched = speak_batch(engine, requests)
+    for request, b in zip(requests, batched):
+        alone = speak(engine, request)
+        np.testing.assert_array_equal(alone.generated_audio_tokens, b.generated_audio_tokens)
+        np.testing.assert_allclose(alone.audio, b.audio, atol=1e-4)
+    assert batched[1].generated_audio_tokens.shape[1] == 3 * (16 - N_Q - 1)
+    with pytest.raises(ValueError, match="empty"):
+        speak_batch(engine, [requests[0], SpeechRequest(" ")])
+
+
+def test_speak_stream_joins_to_what_speak_says(engine, joe):
+    request = SpeechRequest(SENTENCES[1], {0: joe}, settings=_settings(30, 5))
+    deltas = list(speak_stream(engine, request))
+    assert deltas[-1].finish_reason == "length"
+    streamed = np.concatenate([d.audio for d in deltas if d.audio is not None])
+    np.testing.assert_allclose(streamed, speak(engine, request).audio, atol=1e-4)
+    with pytest.raises(ValueError, match="one piece"):
+        speak_stream(engine, SpeechRequest(SENTENCES[1], chunk_method="word"))
 
 
 # ----------------------------------------------------------------------------------- long form

@@ -24,8 +24,9 @@ def _engine(model: Path | None, codec: Path | None):
 def _request(engine, transcript: str, voice: str | None, ref_audio: str | None, ref_text: str | None,
              scene: str | None, chunk_method: str | None, seed: int | None, ref_in_system: bool = False,
              temperature: float = 0.7, max_new_tokens: int = 1024):
-    """A SpeechRequest from CLI-style fields; ValueError naming the bad field."""
+    """A SpeechRequest from CLI-style fields (no scene: the default one); ValueError naming the bad field."""
     from cadenza.higgs_audio.engine import GenerationSettings
+    from cadenza.higgs_audio.prompt import DEFAULT_SCENE
     from cadenza.higgs_audio.speak import SpeechRequest, file_reference, voice_reference
 
     references = {}
@@ -43,8 +44,8 @@ def _request(engine, transcript: str, voice: str | None, ref_audio: str | None, 
                 raise ValueError(f"reference audio {audio}: no such file")
         references = {n: file_reference(engine, a, t) for n, (a, t) in enumerate(zip(audios, texts))}
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    return SpeechRequest(transcript, references, scene=scene, ref_in_system=ref_in_system,
-                         chunk_method=chunk_method, settings=settings)
+    return SpeechRequest(transcript, references, scene=DEFAULT_SCENE if scene is None else scene,
+                         ref_in_system=ref_in_system, chunk_method=chunk_method, settings=settings)
 
 
 def _write(path: Path, audio, sampling_rate: int) -> None:
@@ -89,9 +90,8 @@ def generate_cmd(
     if os.path.isfile(transcript):  # not Path.is_file: a long transcript raises "file name too long" there
         transcript = Path(transcript).read_text()
     engine = _engine(model, codec)
-    scene_text = scene if scene is not None else _default_scene()
     try:
-        request = _request(engine, transcript, voice, ref_audio, ref_text, scene_text, chunk_method, seed,
+        request = _request(engine, transcript, voice, ref_audio, ref_text, scene, chunk_method, seed,
                            ref_in_system, temperature, max_new_tokens)
         if stream:
             audio = _stream(engine, request)
@@ -107,24 +107,16 @@ def generate_cmd(
     typer.echo(f"{out}: {len(audio) / engine.sampling_rate:.2f} s")
 
 
-def _default_scene() -> str:
-    from cadenza.higgs_audio.prompt import DEFAULT_SCENE
-
-    return DEFAULT_SCENE
-
-
 def _stream(engine, request):
-    """Stream one single-chunk request; print time to first audio."""
+    """Stream a one-piece request; print the time to first audio."""
     import time
 
     import numpy as np
 
-    from cadenza.higgs_audio.speak import conversation, plan_chunks
+    from cadenza.higgs_audio.speak import speak_stream
 
-    chunks = plan_chunks(request.transcript, None)
-    prompt = conversation(request, chunks[0], [], engine.tokenizer)
     start, first, pieces = time.perf_counter(), None, []
-    for delta in engine.stream_prompt(prompt, request.settings):
+    for delta in speak_stream(engine, request):
         if delta.audio is not None and len(delta.audio):
             first = first if first is not None else time.perf_counter() - start
             pieces.append(delta.audio)
@@ -137,7 +129,7 @@ def _generate_batch(path: Path, out_dir: Path, batch_size: int, model, codec, te
                     max_new_tokens: int) -> None:
     """Each valid line becomes DIR/<id>.wav; bad lines are reported and skipped (exit 1 if any)."""
     from cadenza.core.audio import AudioError
-    from cadenza.higgs_audio.speak import conversation, plan_chunks
+    from cadenza.higgs_audio.speak import first_prompt, speak_batch
 
     if not path.is_file():
         _fail(f"{path}: no such file")
@@ -151,17 +143,17 @@ def _generate_batch(path: Path, out_dir: Path, batch_size: int, model, codec, te
             if not isinstance(item, dict) or not item.get("id") or not item.get("transcript"):
                 raise ValueError("needs string fields 'id' and 'transcript'")
             request = _request(engine, item["transcript"], item.get("voice"), item.get("ref_audio"),
-                               item.get("ref_text"), _default_scene(), None, item.get("seed"),
+                               item.get("ref_text"), None, None, item.get("seed"),
                                temperature=temperature, max_new_tokens=max_new_tokens)
-            prompt = conversation(request, plan_chunks(request.transcript, None)[0], [], engine.tokenizer)
-            jobs.append((str(item["id"]), prompt, request.settings))
+            first_prompt(engine, request)  # a request that cannot be said is skipped here
+            jobs.append((str(item["id"]), request))
         except (ValueError, AudioError, json.JSONDecodeError) as exc:
             typer.echo(f"{path}:{number}: skipped: {exc}", err=True)
             bad += 1
     for start in range(0, len(jobs), batch_size):
         group = jobs[start : start + batch_size]
-        responses = engine.generate_prompts([p for _, p, _ in group], [s for _, _, s in group])
-        for (name, _, _), response in zip(group, responses):
+        responses = speak_batch(engine, [request for _, request in group])
+        for (name, _), response in zip(group, responses):
             if response.audio is None:
                 typer.echo(f"{name}: no audio produced", err=True)
                 bad += 1

@@ -4,6 +4,7 @@
     response = engine.generate(sample, seed=0)             # HiggsAudioResponse(audio, sampling_rate, ...)
     responses = engine.generate_batch([s1, s2, ...])       # many requests in one batched decode
     async for delta in engine.generate_delta_stream(sample): play(delta.audio)
+    for deltas in engine.stream_prompts(prompts): ...     # many streams decoded together, a delta each per step
 
 One decode step feeds one position per request: a text token, or one delayed frame of all codebooks
 (`delay.py`). Every request in a batch has its own KV-cache row (left padded), its own mode (text or
@@ -25,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from cadenza.higgs_audio.codec.api import codec_fingerprint, load_audio_tokenize
 from cadenza.higgs_audio.configuration import TOKENIZER_FILE
 from cadenza.higgs_audio.decoding import HiggsAudioDecoder
 from cadenza.higgs_audio.delay import DelayReverter
-from cadenza.higgs_audio.inputs import expand_sample, pad_inputs
+from cadenza.higgs_audio.inputs import ExpandedSample, expand_sample, pad_inputs
 from cadenza.higgs_audio.modeling import HiggsAudioModel, KVCache
 from cadenza.higgs_audio.prompt import ChatMLDatasetSample
 from cadenza.higgs_audio.sampler import BatchSampler
@@ -84,7 +85,8 @@ class HiggsAudioStreamerDelta:
     text_tokens: list[int] = field(default_factory=list)
     audio_tokens: np.ndarray | None = None  # (n_q,) delayed frame, as the original streams
     audio: np.ndarray | None = None  # float32 24 kHz samples ready to play (decodable, unlike the original's)
-    finish_reason: str | None = None  # "stop" | "length" on the last delta
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" on the last delta
+    response: HiggsAudioResponse | None = None  # on the last delta: codes, text and usage of the whole stream
 
 
 @dataclass
@@ -173,28 +175,43 @@ class HiggsAudioServeEngine:
 
     def stream_prompt(self, prompt: ChatMLDatasetSample, settings: GenerationSettings) -> Iterator[HiggsAudioStreamerDelta]:
         """The synchronous stream behind `generate_delta_stream`."""
+        for deltas in self.stream_prompts([prompt], settings):
+            yield deltas[0]
+
+    def stream_prompts(self, prompts: list[ChatMLDatasetSample],
+                       settings: list[GenerationSettings] | GenerationSettings | None = None,
+                       cancelled: Callable[[int], bool] | None = None) -> Iterator[list[HiggsAudioStreamerDelta]]:
+        """A batched stream: after every decode step, a delta per prompt (an empty one once its row is done); a
+        row's last delta has its finish reason and, in `response`, its codes, text and usage (not its audio: that
+        was streamed). A row for which `cancelled(i)` turns true stops at the next step ("cancelled")."""
+        settings = _per_request(settings, len(prompts))
         # Eager: a frame is released by the column that completes it. The engine knows a stream's last
         # column (it carries the finish reason) and does not push it, so the frames are those of `generate`.
-        reverter = DelayReverter(self.config.audio_num_codebooks, eager=True)
-        decoder = self.audio_tokenizer.streaming_decoder()
-        for rows, fed in self._decode([prompt], [settings]):
-            row, (kind, value) = rows[0], fed[0]
-            delta = HiggsAudioStreamerDelta(finish_reason=row.finish_reason)
-            if kind == "text":
-                delta.text_tokens = [value]
-                delta.text = self.tokenizer.decode([value])
-            elif kind == "audio":
-                delta.audio_tokens = value.numpy()
-                if row.finish_reason is None:
-                    frames = reverter.push(value)
-                    if frames.shape[1]:
-                        delta.audio = decoder.push(self._clip(frames))
-            if row.finish_reason is not None:
-                reverter.flush()
-                delta.audio = decoder.flush()
-            yield delta
-            if row.finish_reason is not None:
-                return
+        reverters = [DelayReverter(self.config.audio_num_codebooks, eager=True) for _ in prompts]
+        decoders = [self.audio_tokenizer.streaming_decoder() for _ in prompts]
+        done = [False] * len(prompts)
+        for rows, fed in self._decode(prompts, settings):
+            deltas = [HiggsAudioStreamerDelta() for _ in rows]
+            for i, (row, (kind, value), delta) in enumerate(zip(rows, fed, deltas)):
+                if done[i]:
+                    continue
+                delta.finish_reason = row.finish_reason
+                if kind == "text":
+                    delta.text_tokens = [value]
+                    delta.text = self.tokenizer.decode([value])
+                elif kind == "audio":
+                    delta.audio_tokens = value.numpy()
+                    frames = reverters[i].push(value) if row.finish_reason is None else None
+                    if frames is not None and frames.shape[1]:
+                        delta.audio = decoders[i].push(self._clip(frames))
+                if row.finish_reason is not None:
+                    done[i] = True
+                    delta.audio = decoders[i].flush()
+                    delta.response = self._response(row, with_audio=False)
+            yield deltas
+            for i, row in enumerate(rows):
+                if row.finish_reason is None and cancelled is not None and cancelled(i):
+                    row.finish_reason = "cancelled"
 
     # ------------------------------------------------------------------------- prompts
 
@@ -202,6 +219,10 @@ class HiggsAudioServeEngine:
         """Tokens of a conversation ending in the assistant header, with its audio encoded to codes."""
         input_ids, label_ids, contents, _ = prepare_chatml_sample(sample, self.tokenizer, add_generation_prompt=True)
         return ChatMLDatasetSample(input_ids, label_ids, [self.audio_codes(c) for c in contents])
+
+    def clear_prefix_cache(self) -> None:
+        """Forget the prompt prefixes kept across requests (the next request of every voice reads it anew)."""
+        self._prefix_cache.clear()
 
     def audio_codes(self, content: AudioContent) -> np.ndarray:
         """Codes (n_q, T) of an audio content: a file path or base64 wav, cut to offset/duration if set."""
@@ -243,7 +264,7 @@ class HiggsAudioServeEngine:
         # inference_mode per step, not around the loop: a stream resumes this generator in worker threads,
         # and the mode is thread-local.
         with torch.inference_mode():
-            cache, attention, hidden, shared = self._prefill(expanded, longest)
+            cache, attention, hidden, shared = self.prefill(expanded, longest)
             state = self.decoder.start(cache, attention, shared)
         for step in range(longest):
             with torch.inference_mode():
@@ -257,9 +278,9 @@ class HiggsAudioServeEngine:
             with torch.inference_mode():
                 hidden = self._feed(state, rows, fed, feed_codes, feed_ids, feed_spoken)
 
-    def _prefill(self, expanded: list, longest: int) -> tuple[KVCache, torch.Tensor, torch.Tensor, int]:
-        """Run the prompts through the model into a new KV cache with room for `longest` more positions:
-        (cache, attention mask, last hidden states (B, D), shared prefix length).
+    def prefill(self, expanded: list[ExpandedSample], longest: int) -> tuple[KVCache, torch.Tensor, torch.Tensor, int]:
+        """Run expanded prompts (`inputs.expand_sample`) through the model into a new KV cache with room for
+        `longest` more positions: (cache, attention mask, last hidden states (B, D), shared prefix length).
 
         Prompts of a batch often begin alike (the same voice reference, system message and history): their
         common prefix is computed once and copied to every row, then only the rest is run batched. The part
@@ -428,9 +449,9 @@ class HiggsAudioServeEngine:
     def _clip(self, frames: torch.Tensor) -> torch.Tensor:
         return frames.clamp(0, self.config.audio_codebook_size - 1)
 
-    def _response(self, row: _Row) -> HiggsAudioResponse:
+    def _response(self, row: _Row, with_audio: bool = True) -> HiggsAudioResponse:
         codes = self.reverted_codes(row)
-        audio = self.audio_tokenizer.decode(codes) if codes.shape[1] else None
+        audio = self.audio_tokenizer.decode(codes) if with_audio and codes.shape[1] else None
         text = self.tokenizer.decode(row.text_tokens)
         completion = len(row.text_tokens) + len(row.columns)
         usage = {"prompt_tokens": row.prompt_len, "completion_tokens": completion,
@@ -455,10 +476,8 @@ def _reference_end(prompt) -> int:
 
 
 def _per_request(settings, n: int) -> list[GenerationSettings]:
-    if settings is None:
-        return [GenerationSettings() for _ in range(n)]
-    if isinstance(settings, GenerationSettings):
-        return [settings] * n
+    if settings is None or isinstance(settings, GenerationSettings):
+        return [settings or GenerationSettings()] * n
     if len(settings) != n:
         raise ValueError(f"{len(settings)} settings for {n} requests")
     return list(settings)

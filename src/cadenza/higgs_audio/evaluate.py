@@ -28,8 +28,7 @@ import numpy as np
 from cadenza.core.audio import read_audio, resample
 from cadenza.higgs_audio.engine import GenerationSettings, HiggsAudioServeEngine
 from cadenza.higgs_audio.manifest import read_manifest
-from cadenza.higgs_audio.prompt import DEFAULT_SCENE
-from cadenza.higgs_audio.speak import Reference, SpeechRequest, conversation, file_reference, plan_chunks
+from cadenza.higgs_audio.speak import Reference, SpeechRequest, file_reference, speak_batch
 from cadenza.higgs_audio.speech_metrics import SpeakerEncoder, Transcriber, edit_distance, festival_clips, normalize_words
 
 
@@ -110,17 +109,16 @@ def evaluate_tts(engine: HiggsAudioServeEngine, cases: list[Case], batch_size: i
     from tqdm import tqdm
 
     references: dict[tuple[str, str], Reference] = {}
-    prompts, settings = [], []
+    requests = []
     for n, case in enumerate(cases):
         key = (case.reference_audio, case.reference_text)
         if key not in references:
             references[key] = file_reference(engine, case.reference_audio, case.reference_text)
-        request = SpeechRequest(case.text, {0: references[key]}, scene=DEFAULT_SCENE)
-        prompts.append(conversation(request, plan_chunks(case.text, None)[0], [], engine.tokenizer))
-        settings.append(GenerationSettings(max_new_tokens=25 * 20, temperature=temperature, seed=seed + n))
+        settings = GenerationSettings(max_new_tokens=25 * 20, temperature=temperature, seed=seed + n)
+        requests.append(SpeechRequest(case.text, {0: references[key]}, settings=settings))
     audios, started = [], time.perf_counter()
-    for start in tqdm(range(0, len(prompts), batch_size), desc="generating", disable=not progress):
-        responses = engine.generate_prompts(prompts[start : start + batch_size], settings[start : start + batch_size])
+    for start in tqdm(range(0, len(requests), batch_size), desc="generating", disable=not progress):
+        responses = speak_batch(engine, requests[start : start + batch_size])
         audios += [r.audio if r.audio is not None else np.zeros(0, np.float32) for r in responses]
     generation_seconds = time.perf_counter() - started
     transcribe, speaker = Transcriber(), SpeakerEncoder()

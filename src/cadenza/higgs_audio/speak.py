@@ -1,7 +1,12 @@
-"""Text to speech on top of the engine: voices, cloning, dialogue, scenes and long-form chunking.
+"""Text to speech on top of the engine: requests -> prompts, for one request, a batch, or a stream.
 
-`speak(engine, transcript, ...)` turns a request into ChatML conversations, one per chunk, and joins the
-chunks' codes into one waveform (decoded once, so chunk joins have no codec edge):
+    response = speak(engine, SpeechRequest("Hello there.", {0: voice_reference(engine, "joe")}))
+    responses = speak_batch(engine, [request, ...])     # one batched decode; one response per request
+    for delta in speak_stream(engine, request): play(delta.audio)
+    speech = Speech(engine, request); prompt, settings = speech.next_prompt()  # to drive the engine yourself
+
+A request becomes ChatML conversations, one per chunk, and the chunks' codes are joined into one waveform
+(decoded once, so chunk joins have no codec edge):
 
 - a **voice** is a reference clip + its transcript: a shipped preset (`voices()`: NAME.wav + NAME.txt in
   `pretrained/voices`) or the user's own (`ref_audio` / `ref_text`), placed as a user/assistant pair or,
@@ -17,13 +22,15 @@ chunks' codes into one waveform (decoded once, so chunk joins have no codec edge
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from cadenza.higgs_audio.chatml import AudioContent, ChatMLSample, Message
-from cadenza.higgs_audio.engine import GenerationSettings, HiggsAudioResponse, HiggsAudioServeEngine
+from cadenza.higgs_audio.engine import (GenerationSettings, HiggsAudioResponse, HiggsAudioServeEngine,
+                                        HiggsAudioStreamerDelta)
 from cadenza.higgs_audio.prompt import DEFAULT_SCENE, ChatMLDatasetSample, system_message, tokenize_sample
 from cadenza.higgs_audio.text import TextTokenizer
 
@@ -40,7 +47,9 @@ class Reference:
 
 
 @dataclass
-class _Chunk:
+class Chunk:
+    """A piece of a transcript said in one generation, and its speaker number (None: untagged)."""
+
     text: str
     speaker: int | None = None
 
@@ -63,13 +72,13 @@ def file_reference(engine: HiggsAudioServeEngine, audio: str | Path, text: str) 
     return Reference(engine.audio_codes(AudioContent(audio_url=str(audio))), text)
 
 
-def split_turns(transcript: str) -> list[_Chunk]:
+def split_turns(transcript: str) -> list[Chunk]:
     """`[SPEAKERn] text ...` -> one chunk per speaker turn; untagged text is one turn of no speaker."""
     parts = SPEAKER_TAG.split(transcript)
-    turns = [_Chunk(parts[0].strip())] if parts[0].strip() else []
+    turns = [Chunk(parts[0].strip())] if parts[0].strip() else []
     for number, text in zip(parts[1::2], parts[2::2]):
         if text.strip():
-            turns.append(_Chunk(text.strip(), int(number)))
+            turns.append(Chunk(text.strip(), int(number)))
     return turns
 
 
@@ -89,17 +98,17 @@ def split_words(text: str, max_words: int) -> list[str]:
     return chunks
 
 
-def plan_chunks(transcript: str, chunk_method: str | None, chunk_max_word_num: int = 200) -> list[_Chunk]:
+def plan_chunks(transcript: str, chunk_method: str | None, chunk_max_word_num: int = 200) -> list[Chunk]:
     """The chunks a transcript is spoken in (None: everything at once)."""
     if not transcript.strip():
         raise ValueError("transcript is empty")
     if chunk_method is None:
         speakers = {int(n) for n in SPEAKER_TAG.findall(transcript)}
-        return [_Chunk(transcript.strip(), min(speakers) if len(speakers) == 1 else None)]
+        return [Chunk(transcript.strip(), min(speakers) if len(speakers) == 1 else None)]
     if chunk_method == "speaker":
         return split_turns(transcript)
     if chunk_method == "word":
-        return [_Chunk(text, turn.speaker) for turn in split_turns(transcript)
+        return [Chunk(text, turn.speaker) for turn in split_turns(transcript)
                 for text in split_words(turn.text, chunk_max_word_num)]
     raise ValueError(f"unknown chunk method {chunk_method!r}; expected 'word' or 'speaker'")
 
@@ -118,7 +127,7 @@ class SpeechRequest:
     settings: GenerationSettings = field(default_factory=GenerationSettings)
 
 
-def conversation(request: SpeechRequest, chunk: _Chunk, history: list[tuple[_Chunk, np.ndarray]],
+def conversation(request: SpeechRequest, chunk: Chunk, history: list[tuple[Chunk, np.ndarray]],
                  tokenizer: TextTokenizer) -> ChatMLDatasetSample:
     """The prompt of one chunk: scene and voices, the recent chunks (chunk, codes), then the chunk's text."""
     speakers = sorted(request.references)
@@ -142,31 +151,86 @@ def conversation(request: SpeechRequest, chunk: _Chunk, history: list[tuple[_Chu
     return tokenize_sample(ChatMLSample(messages), tokenizer, codes)
 
 
-def _said(chunk: _Chunk, dialogue: bool) -> str:
+def _said(chunk: Chunk, dialogue: bool) -> str:
     """A chunk's text as the user turn shows it: speaker-tagged in a dialogue prompt only (as in training)."""
     return chunk.text if chunk.speaker is None or not dialogue else f"[SPEAKER{chunk.speaker}] {chunk.text}"
 
 
+
+def first_prompt(engine: HiggsAudioServeEngine, request: SpeechRequest) -> ChatMLDatasetSample:
+    """The prompt of a request's first chunk (its whole transcript unless chunked), for driving the engine
+    directly; ValueError for an empty transcript or an unknown chunk method."""
+    return Speech(engine, request).next_prompt()[0]
+
+
 def speak(engine: HiggsAudioServeEngine, request: SpeechRequest) -> HiggsAudioResponse:
     """Say a request's transcript, chunk by chunk, in its voices; one waveform out."""
-    chunks = plan_chunks(request.transcript, request.chunk_method, request.chunk_max_word_num)
-    request = replace(request, references=dict(request.references))  # voices picked here stay out of the caller's request
-    history: list[tuple[_Chunk, np.ndarray]] = []
-    pieces, texts, usage = [], [], {"prompt_tokens": 0, "completion_tokens": 0}
-    for index, chunk in enumerate(chunks):
-        settings = request.settings
+    return speak_batch(engine, [request])[0]
+
+
+def speak_batch(engine: HiggsAudioServeEngine, requests: list[SpeechRequest]) -> list[HiggsAudioResponse]:
+    """Say many requests in one batched decode, one response each; long-form requests are said chunk by
+    chunk, their k-th chunks decoded together. ValueError before any decoding for an empty transcript or an
+    unknown chunk method."""
+    speeches = [Speech(engine, request) for request in requests]
+    while todo := [s for s in speeches if not s.done]:
+        prompts, settings = zip(*(s.next_prompt() for s in todo))
+        for speech, response in zip(todo, engine.generate_prompts(list(prompts), list(settings))):
+            speech.said(response)
+    return [s.response() for s in speeches]
+
+
+def speak_stream(engine: HiggsAudioServeEngine, request: SpeechRequest) -> Iterator[HiggsAudioStreamerDelta]:
+    """Say a request in one piece as a stream: a delta per decode step, whose `audio` is playable 24 kHz audio
+    as soon as it is final (the pieces join to the audio of `speak`); the last delta has the finish reason.
+    A request it cannot say (a chunk method, an empty transcript) raises ValueError at once. (Many
+    streams at once: `Speech.next_prompt` for each, then `engine.stream_prompts`.)"""
+    if request.chunk_method is not None:
+        raise ValueError("a stream says its transcript in one piece: no chunk method")
+    return engine.stream_prompt(first_prompt(engine, request), request.settings)
+
+
+class Speech:
+    """One request being said, chunk by chunk: `next_prompt()` gives the next chunk's prompt and settings, and
+    `said(response)` keeps what the model said, which the following chunks hear."""
+
+    def __init__(self, engine: HiggsAudioServeEngine, request: SpeechRequest):
+        """ValueError for an empty transcript or an unknown chunk method."""
+        self.engine = engine
+        self.chunks = plan_chunks(request.transcript, request.chunk_method, request.chunk_max_word_num)
+        self.request = replace(request, references=dict(request.references))  # voices picked here stay out of the caller's request
+        self.history: list[tuple[Chunk, np.ndarray]] = []
+        self.responses: list[HiggsAudioResponse] = []
+
+    @property
+    def done(self) -> bool:
+        """Every chunk has been said."""
+        return len(self.responses) == len(self.chunks)
+
+    def next_prompt(self) -> tuple[ChatMLDatasetSample, GenerationSettings]:
+        """The next chunk's prompt and settings (a seeded request gives its chunks seeds seed, seed + 1, ...)."""
+        index, settings = len(self.responses), self.request.settings
         if settings.seed is not None:
-            settings = GenerationSettings(**{**settings.__dict__, "seed": settings.seed + index})
-        response = engine.generate_prompts([conversation(request, chunk, history, engine.tokenizer)], settings)[0]
-        codes = response.generated_audio_tokens
-        if chunk.speaker is not None and chunk.speaker not in request.references and codes.shape[1]:
-            request.references[chunk.speaker] = Reference(codes, chunk.text)  # the voice the model picked
-        history.append((chunk, codes))
-        pieces.append(codes)
-        texts.append(response.generated_text)
-        for key in usage:
-            usage[key] += response.usage.get(key, 0)
-    codes = np.concatenate(pieces, axis=1)
-    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-    audio = engine.audio_tokenizer.decode(codes) if codes.shape[1] else None
-    return HiggsAudioResponse(audio, engine.sampling_rate, "".join(texts), codes, usage=usage)
+            settings = replace(settings, seed=settings.seed + index)
+        return conversation(self.request, self.chunks[index], self.history, self.engine.tokenizer), settings
+
+    def said(self, response: HiggsAudioResponse) -> None:
+        """Keep the response to the last prompt; the voice the model picked for a speaker without one serves as
+        that speaker's reference from then on."""
+        chunk, codes = self.chunks[len(self.responses)], response.generated_audio_tokens
+        if chunk.speaker is not None and chunk.speaker not in self.request.references and codes.shape[1]:
+            self.request.references[chunk.speaker] = Reference(codes, chunk.text)
+        self.history.append((chunk, codes))
+        self.responses.append(response)
+
+    def response(self) -> HiggsAudioResponse:
+        """The whole request's response: the chunks' codes joined and decoded once (a single chunk's as it is)."""
+        if len(self.responses) == 1 and self.responses[0].audio is not None:
+            return self.responses[0]
+        codes = np.concatenate([r.generated_audio_tokens for r in self.responses], axis=1)
+        usage = {key: sum(r.usage.get(key, 0) for r in self.responses) for key in ("prompt_tokens", "completion_tokens")}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        audio = self.engine.audio_tokenizer.decode(codes) if codes.shape[1] else None
+        return HiggsAudioResponse(audio, self.engine.sampling_rate, "".join(r.generated_text for r in self.responses),
+                                  codes, usage=usage)
+
