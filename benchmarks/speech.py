@@ -232,7 +232,8 @@ def step_comparison(engine: HiggsAudioServeEngine, prompt: ChatMLDatasetSample, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped one)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="speech LM directory (default: the shipped one; an untrained preset while none is shipped)")
     parser.add_argument("--preset", choices=sorted(training.PRESETS), default=None,
                         help="benchmark an untrained model of this preset instead")
     parser.add_argument("--frames", type=int, default=100, help="audio frames per request (25 = 1 s)")

@@ -9,6 +9,7 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from cadenza.cli import app
+from cadenza.higgs_audio.engine import SHIPPED_MODEL
 
 runner = CliRunner()
 
@@ -81,6 +82,23 @@ def test_cloning_a_reference_file(tiny_speech_model, tmp_path):
 def test_missing_model_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["speech", "generate", "--model", str(tmp_path), "--transcript", "Hi.", "--out", str(tmp_path / "x.wav")])
     assert result.exit_code == 1 and "not a Higgs Audio model directory" in result.output
+    missing = tmp_path / "nowhere"
+    result = runner.invoke(app, ["speech", "generate", "--model", str(missing), "--transcript", "Hi.", "--out", str(tmp_path / "x.wav")])
+    assert result.exit_code == 1 and f"{missing}: no such directory" in result.output
+    if not (SHIPPED_MODEL / "config.json").is_file():
+        assert "no speech model is shipped yet: pass --model DIR" in result.output
+        result = runner.invoke(app, ["speech", "generate", "--transcript", "Hi.", "--out", str(tmp_path / "x.wav")])
+        assert result.exit_code == 1 and "no speech model is shipped yet: pass --model DIR" in result.output
+
+
+def test_a_transcript_longer_than_the_context_is_refused_and_a_cut_is_reported(build_tiny_speech_model, tmp_path):
+    model = build_tiny_speech_model(tmp_path / "model", max_position_embeddings=200)
+    out = tmp_path / "long.wav"
+    result = _generate(model, "--transcript", "The cat sat on the mat. " * 10, "--out", str(out))
+    assert result.exit_code == 1 and not out.exists()
+    assert "(239 characters) is too long" in result.output and "context of 200" in result.output
+    result = _generate(model, "--transcript", "The cat sat on the mat.", "--out", str(out))
+    assert result.exit_code == 0 and "stopped at --max-new-tokens before the model finished" in result.output
 
 
 def test_batch_skips_and_reports_bad_lines(tiny_speech_model, tmp_path):

@@ -15,9 +15,9 @@ from cadenza.higgs_audio.delay import build_delay_pattern
 from cadenza.higgs_audio.engine import GenerationSettings, HiggsAudioServeEngine
 from cadenza.higgs_audio.evaluate import CaseResult, aggregate, format_report
 from cadenza.higgs_audio.inputs import expand_sample
-from cadenza.higgs_audio.prompt import system_message
-from cadenza.higgs_audio.speak import (VOICES_DIR, Reference, SpeechRequest, first_prompt, plan_chunks, speak, speak_batch,
-                                       speak_stream, voice_reference)
+from cadenza.higgs_audio.prompt import expanded_length, system_message
+from cadenza.higgs_audio.speak import (VOICES_DIR, Chunk, Reference, SpeechRequest, conversation, first_prompt, plan_chunks,
+                                       speak, speak_batch, speak_stream, voice_reference)
 from cadenza.higgs_audio.text import SILENT_SYMBOLS, TextTokenizer
 
 SENTENCES = ["Hello there.", "How are you today, my friend?", "It is a fine day for a walk in the park."]
@@ -436,6 +436,25 @@ def test_long_form_joins_chunk_codes_and_buffers_recent_chunks(engine, joe, monk
         if previous:
             assert previous[-1] is parts[k - 1]
     assert not np.array_equal(parts[0], parts[1])  # chunks get seeds seed + index
+
+
+def test_text_longer_than_the_context_is_refused_or_chunked_never_cut(tmp_path, monkeypatch, build_tiny_speech_model):
+    """A prompt and its steps must fit in the model's context: one piece too long is refused with a clear error;
+    chunked, every chunk fits, keeping only the earlier chunks that fit beside it."""
+    engine = HiggsAudioServeEngine(build_tiny_speech_model(tmp_path, max_position_embeddings=200))
+    text = " ".join(SENTENCES * 4)
+    with pytest.raises(ValueError, match=r"\(335 characters\) is too long: .* context of 200; say it in chunks"):
+        speak(engine, SpeechRequest(text, settings=_settings(20, 0)))
+    with pytest.raises(ValueError, match="context of 200"):
+        engine.generate_prompts([conversation(SpeechRequest(text), Chunk(text), [], engine.tokenizer)], _settings(20, 0))
+    rec = _Recorder(engine, monkeypatch)
+    request = SpeechRequest(text, chunk_method="word", chunk_max_word_num=8, settings=_settings(20, 0))
+    response = speak(engine, request)
+    assert len(rec.prompts) == 8
+    assert all(expanded_length(p) + 1 + 20 <= 200 for p in rec.prompts)
+    assert [len(p.audio_codes) for p in rec.prompts] == [0] * 8  # no earlier chunk fits beside another here
+    assert response.generated_audio_tokens.shape[1] == 8 * (20 - N_Q - 1)  # every chunk said
+    assert response.usage["finish_reason"] == "length"
 
 
 # ----------------------------------------------------------------------------------- evaluation tables

@@ -12,9 +12,20 @@ import typer
 from cadenza.cli.speech import _fail, app
 
 
-def _engine(model: Path | None, codec: Path | None):
-    from cadenza.higgs_audio.engine import HiggsAudioServeEngine
+NO_SHIPPED_MODEL = ("no speech model is shipped yet: pass --model DIR, a model directory written by "
+                    "`cadenza speech train` or `cadenza speech export`")
+MODEL_HELP = "Speech LM directory (from `cadenza speech train` or `export`; no speech model is shipped yet)."
+CODEC_HELP = "Audio tokenizer directory (default: the shipped one)."
 
+
+def _engine(model: Path | None, codec: Path | None):
+    from cadenza.higgs_audio.engine import SHIPPED_MODEL, HiggsAudioServeEngine
+
+    shipped = (SHIPPED_MODEL / "config.json").is_file()
+    if model is None and not shipped:
+        _fail(NO_SHIPPED_MODEL)
+    if model is not None and not model.is_dir():
+        _fail(f"{model}: no such directory" + ("" if shipped else f"; {NO_SHIPPED_MODEL}"))
     try:
         return HiggsAudioServeEngine(model, codec)
     except (FileNotFoundError, ValueError) as exc:
@@ -55,6 +66,12 @@ def _write(path: Path, audio, sampling_rate: int) -> None:
     write_audio(path, audio, sampling_rate)
 
 
+def _written(path: Path, audio, sampling_rate: int, finish_reason: str | None) -> str:
+    """What to print for a written file: its length, and whether the step limit cut the model's speech."""
+    line = f"{path}: {len(audio) / sampling_rate:.2f} s"
+    return line + (" (stopped at --max-new-tokens before the model finished)" if finish_reason == "length" else "")
+
+
 @app.command("generate")
 def generate_cmd(
     out: Annotated[Path | None, typer.Option(help="Output wav (single request).")] = None,
@@ -72,8 +89,8 @@ def generate_cmd(
     batch: Annotated[Path | None, typer.Option(help="JSONL requests {id, transcript, voice?, ref_audio?, ref_text?, seed?}.")] = None,
     out_dir: Annotated[Path | None, typer.Option(help="With --batch: where <id>.wav files go.")] = None,
     batch_size: Annotated[int, typer.Option(help="With --batch: requests decoded together.")] = 16,
-    model: Annotated[Path | None, typer.Option(help="Model directory (default: the shipped one).")] = None,
-    codec: Annotated[Path | None, typer.Option(help="Audio tokenizer directory (default: the shipped one).")] = None,
+    model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
+    codec: Annotated[Path | None, typer.Option(help=CODEC_HELP)] = None,
 ) -> None:
     """Speak a transcript (or a JSONL batch of requests) with the Higgs Audio LM; 24 kHz wav out."""
     from cadenza.core.audio import AudioError
@@ -94,42 +111,44 @@ def generate_cmd(
         request = _request(engine, transcript, voice, ref_audio, ref_text, scene, chunk_method, seed,
                            ref_in_system, temperature, max_new_tokens)
         if stream:
-            audio = _stream(engine, request)
+            audio, finish_reason = _stream(engine, request)
         else:
             from cadenza.higgs_audio.speak import speak
 
-            audio = speak(engine, request).audio
+            response = speak(engine, request)
+            audio, finish_reason = response.audio, response.usage.get("finish_reason")
     except (ValueError, AudioError) as exc:
         _fail(str(exc))
     if audio is None or len(audio) == 0:
         _fail("the model produced no audio (try another --seed or a higher --max-new-tokens)")
     _write(out, audio, engine.sampling_rate)
-    typer.echo(f"{out}: {len(audio) / engine.sampling_rate:.2f} s")
+    typer.echo(_written(out, audio, engine.sampling_rate, finish_reason))
 
 
 def _stream(engine, request):
-    """Stream a one-piece request; print the time to first audio."""
+    """Stream a one-piece request: (its audio, the finish reason); print the time to first audio."""
     import time
 
     import numpy as np
 
     from cadenza.higgs_audio.speak import speak_stream
 
-    start, first, pieces = time.perf_counter(), None, []
+    start, first, pieces, finish_reason = time.perf_counter(), None, [], None
     for delta in speak_stream(engine, request):
         if delta.audio is not None and len(delta.audio):
             first = first if first is not None else time.perf_counter() - start
             pieces.append(delta.audio)
+        finish_reason = delta.finish_reason
     if first is not None:
         typer.echo(f"first audio after {first * 1000:.0f} ms", err=True)
-    return np.concatenate(pieces) if pieces else None
+    return (np.concatenate(pieces) if pieces else None), finish_reason
 
 
 def _generate_batch(path: Path, out_dir: Path, batch_size: int, model, codec, temperature: float,
                     max_new_tokens: int) -> None:
     """Each valid line becomes DIR/<id>.wav; bad lines are reported and skipped (exit 1 if any)."""
     from cadenza.core.audio import AudioError
-    from cadenza.higgs_audio.speak import first_prompt, speak_batch
+    from cadenza.higgs_audio.speak import check_request, speak_batch
 
     if not path.is_file():
         _fail(f"{path}: no such file")
@@ -145,7 +164,7 @@ def _generate_batch(path: Path, out_dir: Path, batch_size: int, model, codec, te
             request = _request(engine, item["transcript"], item.get("voice"), item.get("ref_audio"),
                                item.get("ref_text"), None, None, item.get("seed"),
                                temperature=temperature, max_new_tokens=max_new_tokens)
-            first_prompt(engine, request)  # a request that cannot be said is skipped here
+            check_request(engine, request)
             jobs.append((str(item["id"]), request))
         except (ValueError, AudioError, json.JSONDecodeError) as exc:
             typer.echo(f"{path}:{number}: skipped: {exc}", err=True)
@@ -159,7 +178,8 @@ def _generate_batch(path: Path, out_dir: Path, batch_size: int, model, codec, te
                 bad += 1
                 continue
             _write(out_dir / f"{name}.wav", response.audio, engine.sampling_rate)
-            typer.echo(f"{out_dir / name}.wav: {len(response.audio) / engine.sampling_rate:.2f} s")
+            typer.echo(_written(out_dir / f"{name}.wav", response.audio, engine.sampling_rate,
+                                response.usage.get("finish_reason")))
     if bad:
         raise typer.Exit(1)
 
@@ -181,8 +201,8 @@ def eval_cmd(
     festival: Annotated[bool, typer.Option(help="Also clone Festival voices (never trained on; needs text2wave).")] = True,
     batch_size: Annotated[int, typer.Option(help="Requests generated together.")] = 8,
     out: Annotated[Path | None, typer.Option(help="JSON report.")] = None,
-    model: Annotated[Path | None, typer.Option(help="Model directory (default: the shipped one).")] = None,
-    codec: Annotated[Path | None, typer.Option(help="Audio tokenizer directory (default: the shipped one).")] = None,
+    model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
+    codec: Annotated[Path | None, typer.Option(help=CODEC_HELP)] = None,
 ) -> None:
     """Word error rate (Whisper tiny.en) and speaker similarity (resemblyzer) on held-out sentences and voices."""
     from cadenza.higgs_audio.evaluate import build_cases, evaluate_tts, format_report, write_report

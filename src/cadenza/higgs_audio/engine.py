@@ -41,7 +41,7 @@ from cadenza.higgs_audio.decoding import HiggsAudioDecoder
 from cadenza.higgs_audio.delay import DelayReverter
 from cadenza.higgs_audio.inputs import ExpandedSample, expand_sample, pad_inputs
 from cadenza.higgs_audio.modeling import HiggsAudioModel, KVCache
-from cadenza.higgs_audio.prompt import ChatMLDatasetSample
+from cadenza.higgs_audio.prompt import ChatMLDatasetSample, expanded_length
 from cadenza.higgs_audio.sampler import BatchSampler
 from cadenza.higgs_audio.text import TextTokenizer, sounding
 
@@ -114,7 +114,11 @@ class HiggsAudioServeEngine:
                  decode_weight_dtype: torch.dtype = torch.float16):
         """dtype: of the model (the prompt's prefill); decode_weight_dtype: how the decoding steps store the
         weights (float16 halves the bytes a step reads; products stay float32, see decoding.py)."""
-        model_path = Path(model_path) if model_path is not None else SHIPPED_MODEL
+        if model_path is None and not (SHIPPED_MODEL / "config.json").is_file():
+            raise FileNotFoundError("no speech model is shipped yet: give the directory of one (`cadenza speech train`)")
+        model_path = Path(model_path or SHIPPED_MODEL)
+        if not model_path.is_dir():
+            raise FileNotFoundError(f"{model_path}: no such directory")
         if not (model_path / "config.json").is_file():
             raise FileNotFoundError(f"{model_path}: not a Higgs Audio model directory (train one: `cadenza speech train`)")
         self.device = torch.device(device)
@@ -220,6 +224,14 @@ class HiggsAudioServeEngine:
         input_ids, label_ids, contents, _ = prepare_chatml_sample(sample, self.tokenizer, add_generation_prompt=True)
         return ChatMLDatasetSample(input_ids, label_ids, [self.audio_codes(c) for c in contents])
 
+    def check_fits(self, prompt: ChatMLDatasetSample, settings: GenerationSettings) -> None:
+        """ValueError when a prompt and its `max_new_tokens` steps do not fit in the model's context."""
+        length = expanded_length(prompt) + int(settings.force_audio_gen)
+        context = self.config.max_position_embeddings
+        if length + settings.max_new_tokens > context:
+            raise ValueError(f"the prompt ({length} positions) and max_new_tokens {settings.max_new_tokens} need "
+                             f"{length + settings.max_new_tokens} positions, more than the model's context of {context}")
+
     def clear_prefix_cache(self) -> None:
         """Forget the prompt prefixes kept across requests (the next request of every voice reads it anew)."""
         self._prefix_cache.clear()
@@ -247,6 +259,7 @@ class HiggsAudioServeEngine:
         cfg = self.config
         expanded = []
         for prompt, s in zip(prompts, settings):
+            self.check_fits(prompt, s)
             if s.force_audio_gen:
                 prompt = ChatMLDatasetSample(prompt.input_ids + [cfg.audio_out_bos_token_id],
                                              prompt.label_ids + [-100], prompt.audio_codes)

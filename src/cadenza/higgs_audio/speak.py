@@ -15,7 +15,8 @@ A request becomes ChatML conversations, one per chunk, and the chunks' codes are
   speaker without one gets a voice the model picks on its first turn, which then serves as its reference;
 - **long form**: `chunk_method="word"` (paragraphs and sentences, at most `chunk_max_word_num` words a
   chunk) or `"speaker"` (one chunk per speaker turn); each chunk sees the reference and the last
-  `buffer_size` generated chunks, which keeps the voice steady across chunks;
+  `buffer_size` generated chunks that fit in the model's context, which keeps the voice steady across
+  chunks. A text whose prompt does not fit in the context even so is refused with an error, never cut;
 - no voice at all: the model picks one (and keeps it across chunks through the buffer).
 """
 
@@ -129,7 +130,7 @@ class SpeechRequest:
 
 def conversation(request: SpeechRequest, chunk: Chunk, history: list[tuple[Chunk, np.ndarray]],
                  tokenizer: TextTokenizer) -> ChatMLDatasetSample:
-    """The prompt of one chunk: scene and voices, the recent chunks (chunk, codes), then the chunk's text."""
+    """The prompt of one chunk: scene and voices, the earlier chunks given (chunk, codes), then the chunk's text."""
     speakers = sorted(request.references)
     dialogue = len(speakers) > 1 or (chunk.speaker is not None and bool(speakers) and chunk.speaker != speakers[0])
     codes: list[np.ndarray] = []
@@ -142,7 +143,7 @@ def conversation(request: SpeechRequest, chunk: Chunk, history: list[tuple[Chunk
         for n in speakers:
             messages += [Message("user", request.references[n].text), Message("assistant", AudioContent(audio_url=f"SPEAKER{n}"))]
             codes.append(request.references[n].codes)
-    for previous, audio in history[-request.buffer_size:] if request.buffer_size > 0 else []:
+    for previous, audio in history:
         messages += [Message("user", _said(previous, dialogue)), Message("assistant", AudioContent(audio_url="previous chunk"))]
         codes.append(audio)
     text = _said(chunk, dialogue)
@@ -157,9 +158,16 @@ def _said(chunk: Chunk, dialogue: bool) -> str:
 
 
 
+def check_request(engine: HiggsAudioServeEngine, request: SpeechRequest) -> None:
+    """ValueError saying what is wrong with a request that cannot be said: an empty transcript, an unknown
+    chunk method, or a chunk whose prompt does not fit in the model's context even without earlier chunks."""
+    for chunk in plan_chunks(request.transcript, request.chunk_method, request.chunk_max_word_num):
+        _fitting_prompt(engine, request, chunk, [])
+
+
 def first_prompt(engine: HiggsAudioServeEngine, request: SpeechRequest) -> ChatMLDatasetSample:
     """The prompt of a request's first chunk (its whole transcript unless chunked), for driving the engine
-    directly; ValueError for an empty transcript or an unknown chunk method."""
+    directly; ValueError as `check_request`."""
     return Speech(engine, request).next_prompt()[0]
 
 
@@ -170,8 +178,8 @@ def speak(engine: HiggsAudioServeEngine, request: SpeechRequest) -> HiggsAudioRe
 
 def speak_batch(engine: HiggsAudioServeEngine, requests: list[SpeechRequest]) -> list[HiggsAudioResponse]:
     """Say many requests in one batched decode, one response each; long-form requests are said chunk by
-    chunk, their k-th chunks decoded together. ValueError before any decoding for an empty transcript or an
-    unknown chunk method."""
+    chunk, their k-th chunks decoded together. ValueError before any decoding for a request that cannot be
+    said (see `check_request`)."""
     speeches = [Speech(engine, request) for request in requests]
     while todo := [s for s in speeches if not s.done]:
         prompts, settings = zip(*(s.next_prompt() for s in todo))
@@ -183,7 +191,7 @@ def speak_batch(engine: HiggsAudioServeEngine, requests: list[SpeechRequest]) ->
 def speak_stream(engine: HiggsAudioServeEngine, request: SpeechRequest) -> Iterator[HiggsAudioStreamerDelta]:
     """Say a request in one piece as a stream: a delta per decode step, whose `audio` is playable 24 kHz audio
     as soon as it is final (the pieces join to the audio of `speak`); the last delta has the finish reason.
-    A request it cannot say (a chunk method, an empty transcript) raises ValueError at once. (Many
+    A request it cannot say (a chunk method, a transcript too long) raises ValueError at once. (Many
     streams at once: `Speech.next_prompt` for each, then `engine.stream_prompts`.)"""
     if request.chunk_method is not None:
         raise ValueError("a stream says its transcript in one piece: no chunk method")
@@ -195,7 +203,8 @@ class Speech:
     `said(response)` keeps what the model said, which the following chunks hear."""
 
     def __init__(self, engine: HiggsAudioServeEngine, request: SpeechRequest):
-        """ValueError for an empty transcript or an unknown chunk method."""
+        """ValueError for a request that cannot be said (see `check_request`)."""
+        check_request(engine, request)
         self.engine = engine
         self.chunks = plan_chunks(request.transcript, request.chunk_method, request.chunk_max_word_num)
         self.request = replace(request, references=dict(request.references))  # voices picked here stay out of the caller's request
@@ -212,7 +221,7 @@ class Speech:
         index, settings = len(self.responses), self.request.settings
         if settings.seed is not None:
             settings = replace(settings, seed=settings.seed + index)
-        return conversation(self.request, self.chunks[index], self.history, self.engine.tokenizer), settings
+        return _fitting_prompt(self.engine, self.request, self.chunks[index], self.history), settings
 
     def said(self, response: HiggsAudioResponse) -> None:
         """Keep the response to the last prompt; the voice the model picked for a speaker without one serves as
@@ -230,7 +239,27 @@ class Speech:
         codes = np.concatenate([r.generated_audio_tokens for r in self.responses], axis=1)
         usage = {key: sum(r.usage.get(key, 0) for r in self.responses) for key in ("prompt_tokens", "completion_tokens")}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        cut = any(r.usage.get("finish_reason") == "length" for r in self.responses)
+        usage["finish_reason"] = "length" if cut else "stop"
         audio = self.engine.audio_tokenizer.decode(codes) if codes.shape[1] else None
         return HiggsAudioResponse(audio, self.engine.sampling_rate, "".join(r.generated_text for r in self.responses),
                                   codes, usage=usage)
 
+
+def _fitting_prompt(engine: HiggsAudioServeEngine, request: SpeechRequest, chunk: Chunk,
+                    history: list[tuple[Chunk, np.ndarray]]) -> ChatMLDatasetSample:
+    """`conversation` with as many of the recent chunks (at most `buffer_size`) as fit in the model's context;
+    ValueError when the chunk does not fit even without them."""
+    recent = history[-request.buffer_size:] if request.buffer_size > 0 else []
+    while True:
+        prompt = conversation(request, chunk, recent, engine.tokenizer)
+        try:
+            engine.check_fits(prompt, request.settings)
+            return prompt
+        except ValueError as exc:
+            if not recent:
+                shown = chunk.text if len(chunk.text) <= 40 else chunk.text[:40] + "..."
+                advice = ("say it in chunks (chunk method 'word')" if request.chunk_method is None
+                          else "use shorter chunks or sentences, or fewer max_new_tokens")
+                raise ValueError(f"text {shown!r} ({len(chunk.text)} characters) is too long: {exc}; {advice}") from None
+            recent = recent[1:]
