@@ -146,6 +146,14 @@ def _generate(generator, body: MusicBody, prompt) -> list[dict]:
     return pieces
 
 
+@router.get("/v1/music/forms")
+async def music_forms() -> dict:
+    """The forms the generator follows."""
+    from cadenza.staria.forms import FORM_LABEL_MAP
+
+    return {"object": "list", "data": list(FORM_LABEL_MAP)}
+
+
 @router.post("/v1/music/generations")
 async def generate_music(body: MusicBody, request: Request) -> dict:
     """Pieces that follow a form: MIDI with section markers, and on request WAV and a piano roll PNG."""

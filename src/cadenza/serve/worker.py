@@ -17,7 +17,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from cadenza.serve.speech_engine import AudioContent, BatchStream, GenerationSettings, HiggsAudioServeEngine, SpeechPlan
+from cadenza.serve.speech_engine import AudioContent, GenerationSettings, HiggsAudioServeEngine, Speech, new_speech
 
 log = logging.getLogger("cadenza.serve")
 
@@ -39,7 +39,7 @@ class SpeechJob:
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
-    plan: SpeechPlan | None = None
+    speech: Speech | None = None
     usage: dict = field(default_factory=dict)  # token counts, once done
 
     def cancel(self) -> None:
@@ -135,10 +135,10 @@ class SpeechWorker:
 
     def _prepare(self, job: SpeechJob) -> bool:
         """Plan a new request (reads its voice reference); False, with an error sent, when that fails."""
-        if job.plan is not None:
+        if job.speech is not None:
             return True
         try:
-            job.plan = SpeechPlan(self.engine, job.transcript, job.voice, job.scene, job.settings, self.chunk_words)
+            job.speech = new_speech(self.engine, job.transcript, job.voice, job.scene, job.settings, self.chunk_words)
         except ValueError as exc:
             job.send("error", (400, str(exc)))
             return False
@@ -148,21 +148,22 @@ class SpeechWorker:
         """Decode the next chunk of every job together, sending audio as it becomes final."""
         if not jobs:
             return
-        prompts, settings = zip(*(job.plan.next_prompt() for job in jobs))
-        stream = BatchStream(self.engine, list(prompts), list(settings))
-        for pieces in stream.steps(lambda i: jobs[i].stopped):
-            for job, piece in zip(jobs, pieces):
-                if piece is not None and not job.stopped:
-                    job.send("audio", piece)
-                    self.on_audio(len(piece) / self.sampling_rate)
-        for i, job in enumerate(jobs):
-            job.plan.record(stream.codes(i), stream.usage(i))
-        again = [job for job in jobs if not job.plan.done and not job.stopped]
+        prompts, settings = zip(*(job.speech.next_prompt() for job in jobs))
+        responses = [None] * len(jobs)
+        for deltas in self.engine.stream_prompts(list(prompts), list(settings), lambda i: jobs[i].stopped):
+            for i, (job, delta) in enumerate(zip(jobs, deltas)):
+                if delta.audio is not None and len(delta.audio) and not job.stopped:
+                    job.send("audio", delta.audio)
+                    self.on_audio(len(delta.audio) / self.sampling_rate)
+                responses[i] = delta.response or responses[i]
+        for job, response in zip(jobs, responses):
+            job.speech.said(response)
+        again = [job for job in jobs if not job.speech.done and not job.stopped]
         with self._wake:
             self._waiting.extendleft(reversed(again))
         for job in jobs:
             if job.stopped:
                 job.send("error", job.stop_reason())
-            elif job.plan.done:
-                job.send("done", dict(job.plan.usage))
-
+            elif job.speech.done:
+                job.send("done", {key: sum(r.usage.get(key, 0) for r in job.speech.responses)
+                                  for key in ("prompt_tokens", "completion_tokens")})
