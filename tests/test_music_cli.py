@@ -127,3 +127,10 @@ def test_music_commands_fail_cleanly_on_missing_or_non_midi_files(midi_files, tm
                  ["eval-classifier", str(tmp_path / "no_model"), str(tmp_path / "no_corpus")]):
         result = runner.invoke(app, ["music", *args])
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (args, result.output)
+
+
+def test_version():
+    from cadenza import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"cadenza {__version__}"

@@ -1,7 +1,11 @@
-"""The `cadenza` command: one Typer app whose groups live in sibling modules (music, data, ...)."""
+"""The `cadenza` command: one Typer app; each group (music, data, speech) is a sibling module with its own
+`app`, registered here, and each command is a function its group registers by name."""
+
+from typing import Annotated
 
 import typer
 
+from cadenza import __version__
 from cadenza.cli import data, music, serve, speech, speech_generate  # noqa: F401  (speech_generate adds commands to speech)
 
 app = typer.Typer(
@@ -9,7 +13,22 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-app.add_typer(music.app, name="music", help="Symbolic music: tokenize, detokenize, (later) train and generate.")
+app.add_typer(music.app, name="music", help="Symbolic music (Staria): generate in a form, evaluate, tokenize, render, "
+              "train, wake-sleep.")
 app.add_typer(data.app, name="data", help="Build corpora: music21, MIDI folders, synthetic structured pieces, speech.")
 app.add_typer(speech.app, name="speech", help="Speech: the audio tokenizer (codec) and the Higgs Audio LM: train, generate, evaluate.")
 app.command("serve")(serve.serve)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"cadenza {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """cadenza: structure-aware music (Staria) and speech (Higgs Audio) generation."""

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
-err = Console(stderr=True)
+from cadenza.cli.music_common import fail
 
 
 def _print_summary(summary) -> None:
@@ -27,15 +26,14 @@ def _print_summary(summary) -> None:
           f"from the cache, {summary.seconds:.1f} s")
     print(f"corpus:  {summary.out_dir} (skipped files and reasons in {summary.out_dir / 'report.jsonl'})")
     if summary.pieces == 0:
-        err.print("[red]error[/red] nothing could be built")
-        raise typer.Exit(1)
+        fail("nothing could be built")
 
 
 def music21(
     out: Annotated[Path, typer.Argument(help="Corpus directory to create or update.")],
     sources: Annotated[str, typer.Option(help="Comma-separated: bach, folk, palestrina.")] = "bach,folk",
-    workers: Annotated[int, typer.Option(help="Worker processes (0: run in this process).")] = 2,
-    limit: Annotated[Optional[int], typer.Option(help="Keep only the first N pieces of each source.")] = None,
+    workers: Annotated[int, typer.Option(min=0, help="Worker processes (0: run in this process).")] = 2,
+    limit: Annotated[int | None, typer.Option(min=1, help="Keep only the first N pieces of each source.")] = None,
 ) -> None:
     """Build a corpus from the music21 corpus shipped in its wheel.
 
@@ -54,9 +52,8 @@ def music21(
     names = tuple(s.strip() for s in sources.split(",") if s.strip())
     try:
         summary = build_music21_corpus(out, sources=names, workers=workers, limit=limit, progress=True)
-    except ValueError as e:
-        err.print(f"[red]error[/red] {e}")
-        raise typer.Exit(2)
+    except ValueError as e:  # an unknown source
+        raise typer.BadParameter(str(e), param_hint="'--sources'") from e
     _print_summary(summary)
 
 
@@ -77,27 +74,29 @@ def ingest(
     try:
         summary = ingest_midi_dir(midi_dir, out, workers=workers, progress=True)
     except FileNotFoundError as e:
-        err.print(f"[red]error[/red] {e}")
-        raise typer.Exit(2)
+        fail(str(e))
     _print_summary(summary)
 
 
 def export(
     corpus: Annotated[Path, typer.Argument(help="Corpus directory (real or synthetic).")],
     out_dir: Annotated[Path, typer.Argument(help="Directory for the MIDI files.")],
-    form: Annotated[Optional[str], typer.Option(help="Only synthetic pieces of this form, e.g. ABA.")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Only this split: train, val or test.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many pieces.")] = 10,
+    form: Annotated[str | None, typer.Option(help="Only synthetic pieces of this form, e.g. ABA.")] = None,
+    split: Annotated[str | None, typer.Option(help="Only this split: train, val or test.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many pieces.")] = 10,
 ) -> None:
     """Write pieces of a corpus back to MIDI (sections as markers "A", "B", ...) to listen to them."""
     from cadenza.staria.cache import TokenCache
     from cadenza.staria.tokenizer import StariaTokenizer
 
-    cache, tok = TokenCache(corpus), StariaTokenizer()
+    try:
+        cache = TokenCache(corpus)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    tok = StariaTokenizer()
     chosen = [i for i in cache.indices(split) if form is None or cache.rows[i].get("form") == form][:limit]
     if not chosen:
-        err.print(f"[red]error[/red] {corpus}: no pieces match (form={form}, split={split})")
-        raise typer.Exit(1)
+        fail(f"{corpus}: no pieces match (form={form}, split={split})")
     out_dir.mkdir(parents=True, exist_ok=True)
     for i in chosen:
         name = str(cache.rows[i].get("id", i)).replace("/", "_")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 from rich import box
@@ -14,15 +14,15 @@ from cadenza.cli.music_common import err, fail, write_json
 
 
 def eval_classifier(
-    model: Path = typer.Argument(..., help="Exported classifier directory (RUN_DIR/model)."),
-    corpus: Path = typer.Argument(..., help="Synthetic corpus directory (pieces with section tokens)."),
-    split: str = typer.Option("test", "--split", help="Corpus split: train, val or test."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many pieces, spread over the split."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o",
-                                       help="JSON report (default MODEL/classifier_eval_SPLIT.json)."),
-    switch_cost: Optional[float] = typer.Option(None, "--switch-cost", help="Cost per section change when decoding "
-                                                "letters (0: token-wise argmax; default: forms.SWITCH_COST)."),
-    threads: int = typer.Option(1, min=1, help="Torch threads."),
+    model: Annotated[Path, typer.Argument(help="Exported classifier directory (RUN_DIR/model).")],
+    corpus: Annotated[Path, typer.Argument(help="Synthetic corpus directory (pieces with section tokens).")],
+    split: Annotated[str, typer.Option(help="Corpus split: train, val or test.")] = "test",
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many pieces, spread over the split.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="JSON report (default "
+                                             "MODEL/classifier_eval_SPLIT.json).")] = None,
+    switch_cost: Annotated[float | None, typer.Option(min=0, help="Cost per section change when decoding letters "
+                                                      "(0: token-wise argmax; default: forms.SWITCH_COST).")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="Torch threads.")] = 1,
 ) -> None:
     """Per-token accuracy, form exact match (form head and per-token labels), per-form breakdown and
     letter confusion of a section classifier on held-out synthetic pieces. Prints a table, writes JSON."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 from rich import box
@@ -14,18 +14,19 @@ from cadenza.cli.music_common import err, fail, form_option, write_json
 
 
 def evaluate(
-    directory: Path = typer.Argument(..., help="Folder of MIDI files (searched recursively)."),
-    form: Optional[str] = typer.Option(None, "--form", "-f", callback=form_option,
-                                       help="Requested form, e.g. ABA: the markers must spell it."),
-    prompt: Optional[Path] = typer.Option(None, "--prompt", help="The prompt MIDI the pieces were generated from "
-                                          "(markers A, B, ...): also report how many sections follow their snippet."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON report (default DIRECTORY/evaluation.json)."),
-    classifier: Optional[Path] = typer.Option(None, "--classifier", help="Section classifier export: also report "
-                                              "the form it hears in each piece (markers removed)."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Generator export for --heldout perplexity."),
-    heldout: Optional[Path] = typer.Option(None, "--heldout", help="Corpus (e.g. data/music21) whose test split "
-                                           "gives the held-out real pieces for the model's perplexity."),
-    heldout_limit: int = typer.Option(100, "--heldout-limit", help="At most this many held-out pieces."),
+    directory: Annotated[Path, typer.Argument(help="Folder of MIDI files (searched recursively).")],
+    form: Annotated[str | None, typer.Option("--form", "-f", callback=form_option,
+                                             help="Requested form, e.g. ABA: the markers must spell it.")] = None,
+    prompt: Annotated[Path | None, typer.Option(help="The prompt MIDI the pieces were generated from (markers A, "
+                                                "B, ...): also report how many sections follow their snippet.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="JSON report (default "
+                                             "DIRECTORY/evaluation.json).")] = None,
+    classifier: Annotated[Path | None, typer.Option(help="Section classifier export: also report the form it hears "
+                                                    "in each piece (markers removed).")] = None,
+    model: Annotated[Path | None, typer.Option(help="Generator export for --heldout perplexity.")] = None,
+    heldout: Annotated[Path | None, typer.Option(help="Corpus (e.g. data/music21) whose test split gives the "
+                                                 "held-out real pieces for the model's perplexity.")] = None,
+    heldout_limit: Annotated[int, typer.Option(min=1, help="At most this many held-out pieces.")] = 100,
 ) -> None:
     """Judge whether each piece's sections follow its section letters, and report music statistics.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -39,31 +39,38 @@ def _route(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 
 def wake_sleep(
-    overrides: Optional[List[str]] = typer.Argument(
-        None, help="Config overrides routed by prefix: classifier.train.max_steps=100 generator.model.dim=128"),
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory: OUT/round1/{classifier,pseudo,generator}."),
-    synthetic: Optional[Path] = typer.Option(None, "--synthetic", help="Synthetic corpus (sleep, generate)."),
-    corpus: Optional[Path] = typer.Option(None, "--corpus", help="Real corpus to pseudo-label (wake)."),
-    stage: str = typer.Option("all", "--stage", help="sleep | wake | generate | all"),
-    rounds: int = typer.Option(1, "--rounds", help="With --stage all: rounds; from round 2 the previous "
-                               "generator's pieces also train the classifier."),
-    round_: int = typer.Option(1, "--round", help="Which round a single --stage runs."),
-    classifier: Optional[Path] = typer.Option(None, "--classifier", help="Use this exported classifier "
-                                              "(RUN_DIR/model) in round 1 instead of training one."),
-    classifier_config: Optional[Path] = typer.Option(None, "--classifier-config", help="Config for the classifier."),
-    generator_config: Optional[Path] = typer.Option(None, "--generator-config", help="Config for the generator."),
-    threshold: float = typer.Option(0.9, help="Keep a piece when every section's mean probability reaches this."),
-    min_fraction: float = typer.Option(0.05, help="Label runs shorter than this share of a piece are noise."),
-    batch_size: int = typer.Option(8, help="Windows per classifier batch (wake)."),
-    overlap: int = typer.Option(128, help="Tokens shared by neighbouring windows of a long piece (wake)."),
-    limit: Optional[int] = typer.Option(None, help="Label only the first N pieces of the corpus (wake)."),
-    pseudo_weight: float = typer.Option(1.0, help="Generator sampling weight of pseudo-labelled music "
-                                        "(synthetic has 1)."),
-    dream_weight: float = typer.Option(0.5, help="Classifier sampling weight of generated pieces (round >= 2)."),
-    dreams_per_form: int = typer.Option(8, help="Pieces the generator writes per form for the next sleep."),
-    dream_max_tokens: int = typer.Option(1024, help="Length limit of those pieces, in tokens."),
-    resume: bool = typer.Option(False, "--resume", help="Training stages continue from their last checkpoint."),
-    seed: int = typer.Option(0, help="Seed of the dreams' prompts and sampling."),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory: OUT/round1/{classifier,pseudo,generator}.")],
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="Config overrides routed by prefix: classifier.train.max_steps=100 generator.model.dim=128")] = None,
+    synthetic: Annotated[Path | None, typer.Option(help="Synthetic corpus (sleep, generate).")] = None,
+    corpus: Annotated[Path | None, typer.Option(help="Real corpus to pseudo-label (wake).")] = None,
+    stage: Annotated[str, typer.Option(help="sleep | wake | generate | all")] = "all",
+    rounds: Annotated[int, typer.Option(min=1, help="With --stage all: rounds; from round 2 the previous "
+                                        "generator's pieces also train the classifier.")] = 1,
+    round_: Annotated[int, typer.Option("--round", min=1, help="Which round a single --stage runs.")] = 1,
+    classifier: Annotated[Path | None, typer.Option(help="Use this exported classifier (RUN_DIR/model) in round 1 "
+                                                    "instead of training one.")] = None,
+    classifier_config: Annotated[Path | None, typer.Option(help="Config for the classifier.")] = None,
+    generator_config: Annotated[Path | None, typer.Option(help="Config for the generator.")] = None,
+    threshold: Annotated[float, typer.Option(min=0, max=1, help="Keep a piece when every section's mean "
+                                             "probability reaches this.")] = 0.9,
+    min_fraction: Annotated[float, typer.Option(min=0, max=1, help="Label runs shorter than this share of a piece "
+                                                "are noise.")] = 0.05,
+    batch_size: Annotated[int, typer.Option(min=1, help="Windows per classifier batch (wake).")] = 8,
+    overlap: Annotated[int, typer.Option(min=0, help="Tokens shared by neighbouring windows of a long piece "
+                                         "(wake).")] = 128,
+    limit: Annotated[int | None, typer.Option(min=1, help="Label only the first N pieces of the corpus "
+                                              "(wake).")] = None,
+    pseudo_weight: Annotated[float, typer.Option(help="Generator sampling weight of pseudo-labelled music "
+                                                 "(synthetic has 1).")] = 1.0,
+    dream_weight: Annotated[float, typer.Option(help="Classifier sampling weight of generated pieces "
+                                                "(round >= 2).")] = 0.5,
+    dreams_per_form: Annotated[int, typer.Option(min=0, help="Pieces the generator writes per form for the next "
+                                                 "sleep.")] = 8,
+    dream_max_tokens: Annotated[int, typer.Option(min=1, help="Length limit of those pieces, in tokens.")] = 1024,
+    resume: Annotated[bool, typer.Option("--resume", help="Training stages continue from their last "
+                                         "checkpoint.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the dreams' prompts and sampling.")] = 0,
 ) -> None:
     """Wake-sleep training: a section classifier learns on synthetic pieces, labels real music, and the
     generator trains on synthetic plus confidently labelled real pieces.

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
-err = Console(stderr=True)
+from cadenza.cli.music_common import err, fail
 
 
 def synth(
-    corpus: Path = typer.Argument(..., help="Real corpus directory (`cadenza data music21` or `ingest`)."),
-    out: Path = typer.Argument(..., help="Output corpus directory for the synthetic pieces."),
-    per_form: int = typer.Option(100, "--per-form", help="Train pieces per form (val/test get ~1/18 of it)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed: the same corpus and seed give the same pieces."),
-    min_tokens: int = typer.Option(1024, help="Shortest target piece length in tokens."),
-    max_tokens: int = typer.Option(4095, help="Longest target piece length in tokens."),
+    corpus: Annotated[Path, typer.Argument(help="Real corpus directory (`cadenza data music21` or `ingest`).")],
+    out: Annotated[Path, typer.Argument(help="Output corpus directory for the synthetic pieces.")],
+    per_form: Annotated[int, typer.Option(min=1, help="Train pieces per form (val/test get ~1/18 of it).")] = 100,
+    seed: Annotated[int, typer.Option(help="Random seed: the same corpus and seed give the same pieces.")] = 0,
+    min_tokens: Annotated[int, typer.Option(min=64, help="Shortest target piece length in tokens.")] = 1024,
+    max_tokens: Annotated[int, typer.Option(min=64, help="Longest target piece length in tokens.")] = 4095,
 ) -> None:
     """Stitch synthetic pieces of every form (AB, ABA, ABAC, ...) with a section label on every token.
 
@@ -26,18 +26,13 @@ def synth(
     """
     from cadenza.staria.synthetic import synthesize
 
-    if not 64 <= min_tokens <= max_tokens:
-        err.print(f"[red]error[/red] need 64 <= --min-tokens <= --max-tokens, got {min_tokens}, {max_tokens}")
-        raise typer.Exit(2)
-    if per_form < 1:
-        err.print(f"[red]error[/red] --per-form must be >= 1, got {per_form}")
-        raise typer.Exit(2)
+    if min_tokens > max_tokens:
+        raise typer.BadParameter(f"{min_tokens} is more than --max-tokens {max_tokens}", param_hint="'--min-tokens'")
     try:
         counts = synthesize(corpus, out, per_form=per_form, seed=seed,
                             min_tokens=min_tokens, max_tokens=max_tokens)
     except (FileNotFoundError, ValueError) as e:
-        err.print(f"[red]error[/red] {e}")
-        raise typer.Exit(1)
+        fail(str(e))
     report = out / "report.jsonl"
     problems = sum(1 for line in report.read_text().splitlines() if line.strip()) if report.exists() else 0
     err.print(f"{sum(counts.values())} synthetic pieces -> {out} "
