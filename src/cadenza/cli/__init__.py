@@ -1,5 +1,5 @@
 """The `cadenza` command: one Typer app; each group (music, data, speech) is a sibling module with its own
-`app`, registered here, and each command is a function its group registers by name."""
+`app`, registered here. Music and data commands are functions their group module registers by name."""
 
 from typing import Annotated
 
