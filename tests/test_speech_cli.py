@@ -135,3 +135,13 @@ def test_stream_reports_time_to_first_audio(tiny_speech_model, tmp_path):
     whole, _ = sf.read(plain)
     assert streamed.shape == whole.shape == ((40 - 8 - 1) * 960,)
     assert abs(streamed - whole).max() <= 1 / 32767  # the same audio, up to 16-bit rounding
+
+
+def test_codec_commands_take_codec_and_still_read_the_old_model_spelling(tmp_path):
+    """`--model` is the speech LM everywhere; commands that take only the audio tokenizer call it --codec."""
+    for option in ("--codec", "--model"):
+        result = runner.invoke(app, ["speech", "codec", "decode", "x.npy", "--out-dir", str(tmp_path), option,
+                                     str(tmp_path / "nowhere")])
+        assert result.exit_code == 1 and "nowhere: not a codec directory" in result.output
+    help_text = runner.invoke(app, ["speech", "encode-corpus", "--help"]).output
+    assert "--codec" in help_text and "--model" not in help_text

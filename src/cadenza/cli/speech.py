@@ -11,7 +11,10 @@ app = typer.Typer(no_args_is_help=True, help="Speech: the audio tokenizer (codec
 codec_app = typer.Typer(no_args_is_help=True, help="Encode wavs to codes (.npy) and decode codes back to 24 kHz wavs.")
 app.add_typer(codec_app, name="codec")
 
-ModelOption = Annotated[Path | None, typer.Option("--model", help="Codec directory (default: the shipped one).")]
+CodecOption = Annotated[Path | None, typer.Option("--codec", help="Audio tokenizer (codec) directory (default: the shipped one).")]
+# `--model` means the speech LM in every command; in the commands that take only the codec it was once the
+# codec's option, and still reads as --codec there (a hidden alias: click normalizes option names with it).
+OLD_CODEC_OPTION = {"token_normalize_func": lambda name: "codec" if name == "model" else name}
 
 
 def _fail(message: str) -> None:
@@ -54,11 +57,11 @@ def export_codec_cmd(
         _fail(str(exc))
 
 
-def _load_tokenizer(model: Path | None):
+def _load_tokenizer(codec: Path | None):
     from cadenza.higgs_audio.codec.api import load_audio_tokenizer
 
     try:
-        return load_audio_tokenizer(model)
+        return load_audio_tokenizer(codec)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
 
@@ -71,12 +74,12 @@ def _out_names(paths: list[Path], suffix: str) -> dict[Path, str]:
     return {p: (f"{p.parent.name}_{p.stem}" if stems[p.stem] > 1 else p.stem) + suffix for p in paths}
 
 
-@codec_app.command("encode")
+@codec_app.command("encode", context_settings=OLD_CODEC_OPTION)
 def codec_encode(
     wavs: Annotated[list[Path], typer.Argument(help="Audio files (any format soundfile reads, any rate, mono/stereo).")],
     out_dir: Annotated[Path, typer.Option(help="Where NAME.npy files go.")],
     codebooks: Annotated[int | None, typer.Option(help="Keep the first K codebooks (lower bitrate); default all 8.")] = None,
-    model: ModelOption = None,
+    codec: CodecOption = None,
 ) -> None:
     """Encode audio files to codes: NAME.npy, an int16 array (K, T) at 25 frames/s (K = 8 by default).
 
@@ -87,7 +90,7 @@ def codec_encode(
 
     from cadenza.core.audio import AudioError
 
-    tok = _load_tokenizer(model)
+    tok = _load_tokenizer(codec)
     if codebooks is not None and not 1 <= codebooks <= tok.num_codebooks:
         _fail(f"--codebooks must be between 1 and {tok.num_codebooks}, got {codebooks}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -106,18 +109,18 @@ def codec_encode(
         raise typer.Exit(1)
 
 
-@codec_app.command("decode")
+@codec_app.command("decode", context_settings=OLD_CODEC_OPTION)
 def codec_decode(
     npys: Annotated[list[Path], typer.Argument(help="Code files (K, T) written by `codec encode`.")],
     out_dir: Annotated[Path, typer.Option(help="Where NAME.wav files (24 kHz mono) go.")],
-    model: ModelOption = None,
+    codec: CodecOption = None,
 ) -> None:
     """Decode code files to 24 kHz wavs; a bad file is reported and skipped, exit 1 if any failed."""
     import numpy as np
 
     from cadenza.core.audio import write_audio
 
-    tok = _load_tokenizer(model)
+    tok = _load_tokenizer(codec)
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
     for path, name in _out_names(npys, ".wav").items():
@@ -135,11 +138,11 @@ def codec_decode(
         raise typer.Exit(1)
 
 
-@app.command("eval-codec")
+@app.command("eval-codec", context_settings=OLD_CODEC_OPTION)
 def eval_codec_cmd(
     manifest: Annotated[Path, typer.Option(help="Speech corpus manifest.jsonl.")] = Path("data/speech/manifest.jsonl"),
     split: Annotated[str, typer.Option(help="Manifest split to evaluate (held-out sentences).")] = "test",
-    model: ModelOption = None,
+    codec: CodecOption = None,
     per_group: Annotated[int, typer.Option(help="Clips from seen speakers and from unseen speakers each.")] = 24,
     festival: Annotated[int, typer.Option(help="Clips per Festival voice (held-out voices, made at eval time); 0 = none.")] = 8,
     out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
@@ -154,7 +157,7 @@ def eval_codec_cmd(
     from cadenza.higgs_audio.codec.evaluate import evaluate_codec, format_table, manifest_clips
     from cadenza.higgs_audio.speech_metrics import festival_clips
 
-    tok = _load_tokenizer(model)
+    tok = _load_tokenizer(codec)
     if not manifest.exists():
         _fail(f"{manifest}: no such manifest")
     clips = manifest_clips(manifest, split, per_group, seed)
@@ -165,7 +168,7 @@ def eval_codec_cmd(
         _fail(f"no clips in split {split!r} of {manifest}")
     if codebooks is not None and codebooks > tok.num_codebooks:
         _fail(f"--codebooks {codebooks}: this codec has {tok.num_codebooks}")
-    report = evaluate_codec(tok, clips, model_name=str(model or "shipped"), codebooks=codebooks)
+    report = evaluate_codec(tok, clips, model_name=str(codec or "shipped"), codebooks=codebooks)
     typer.echo(format_table(report))
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -176,26 +179,26 @@ def eval_codec_cmd(
 # ----------------------------------------------------------------------------- the audio language model
 
 
-@app.command("encode-corpus")
+@app.command("encode-corpus", context_settings=OLD_CODEC_OPTION)
 def encode_corpus_cmd(
     corpus: Annotated[Path, typer.Argument(help="Speech corpus directory (from `cadenza data speech`).")],
-    model: ModelOption = None,
+    codec: CodecOption = None,
 ) -> None:
     """Encode every utterance of a corpus into audio codes once (CORPUS/codes/<codec hash>/), for `speech train`."""
     from cadenza.higgs_audio.dataset import encode_corpus
 
     try:
-        cache = encode_corpus(corpus, model)
+        cache = encode_corpus(corpus, codec)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"codes in {cache}")
 
 
-@app.command("align-corpus")
+@app.command("align-corpus", context_settings=OLD_CODEC_OPTION)
 def align_corpus_cmd(
     corpus: Annotated[Path, typer.Argument(help="Speech corpus directory with its code cache (`speech encode-corpus`).")],
     text_tokenizer: Annotated[Path | None, typer.Option(help="The LM's text tokenizer (tokenizer.json of its run or model; default: built from the corpus).")] = None,
-    model: ModelOption = None,
+    codec: CodecOption = None,
     epochs: Annotated[int, typer.Option(help="Training epochs of the aligner (when it is not trained yet).")] = 3,
 ) -> None:
     """Find where each transcript token is spoken (a CTC aligner over the codes), for the LM's guided attention."""
@@ -208,7 +211,7 @@ def align_corpus_cmd(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         tokenizer = TextTokenizer.load(text_tokenizer) if text_tokenizer else corpus_tokenizer(corpus)
-        out = align_corpus(corpus, tokenizer, model, epochs=epochs)
+        out = align_corpus(corpus, tokenizer, codec, epochs=epochs)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"token frames in {out}")
