@@ -106,8 +106,10 @@ def test_a_finished_row_does_not_change_the_others():
         state = decoder.start(cache, prompt["attention_mask"])
         ids, codes = torch.tensor([5, 6, 7]), torch.arange(3 * N_Q).view(3, N_Q) % CODEBOOK_SIZE
         outs.append(decoder.step(state, ids, codes, torch.tensor([dummy_is_audio, True, True])))
-    torch.testing.assert_close(outs[0][1:], outs[1][1:], atol=1e-6, rtol=0)
-    assert not torch.allclose(outs[0][0], outs[1][0])
+    # Rows routed through the text or the audio FFN change the batch's matmul blocking, which moves float32
+    # sums by ~1e-6 on some CPUs (AVX-512 oneDNN kernels): equal up to that, while the fed row differs by far more.
+    torch.testing.assert_close(outs[0][1:], outs[1][1:], atol=1e-5, rtol=0)
+    assert not torch.allclose(outs[0][0], outs[1][0], atol=1e-3)
 
 
 def test_shared_prefix_attention_equals_per_row_attention():
