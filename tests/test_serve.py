@@ -19,9 +19,9 @@ import numpy as np
 import openai
 import pytest
 import soundfile as sf
-from live_server import live_server
 
 from cadenza.serve import ServerConfig, create_app
+from cadenza.serve.background import serve_in_background
 from cadenza.serve.speech_engine import HiggsAudioServeEngine
 
 STEPS = 20  # decode steps per test request: 20 - 8 (delay) - 1 = 11 frames of 960 samples at 24 kHz
@@ -39,7 +39,7 @@ def engine(tiny_speech_model) -> HiggsAudioServeEngine:
 def url(engine, tmp_path_factory):
     config = ServerConfig(voices_dir=tmp_path_factory.mktemp("voices"), max_new_tokens=1000, max_body_bytes=2 << 20,
                           max_voice_bytes=1 << 20, max_voice_seconds=10.0, max_queue=8, max_batch=4)
-    with live_server(create_app(config, engine=engine)) as base:
+    with serve_in_background(create_app(config, engine=engine)) as base:
         yield base
 
 
@@ -134,7 +134,7 @@ def test_sse_speech_events(url):
 def test_long_text_is_spoken_to_the_end(url, engine):
     app = create_app(ServerConfig(chunk_words=4, max_new_tokens=STEPS), engine=engine)
     text = "One two three four. Five six seven eight. Nine ten eleven twelve."
-    with live_server(app) as base:
+    with serve_in_background(app) as base:
         response = httpx.post(f"{base}/v1/audio/speech", json={"input": text, "voice": "joe", "response_format": "pcm"},
                               timeout=60)
     assert response.status_code == 200
@@ -280,7 +280,7 @@ def test_burst_of_requests_gets_only_200_or_503(url):
 
 def test_api_key_and_timeout(engine, tmp_path):
     app = create_app(ServerConfig(api_key="sesame", voices_dir=tmp_path, timeout=0.5), engine=engine)
-    with live_server(app) as base:
+    with serve_in_background(app) as base:
         assert httpx.get(f"{base}/health").status_code == 200
         _error(httpx.get(f"{base}/v1/models"), 401)
         _error(httpx.get(f"{base}/v1/models", headers={"authorization": "Bearer wrong"}), 401)
@@ -292,7 +292,7 @@ def test_api_key_and_timeout(engine, tmp_path):
 
 
 def test_no_speech_model_answers_503(tmp_path):
-    with live_server(create_app(ServerConfig(voices_dir=tmp_path))) as base:
+    with serve_in_background(create_app(ServerConfig(voices_dir=tmp_path))) as base:
         response = httpx.post(f"{base}/v1/audio/speech", json={"input": "Hi.", "voice": "joe"})
         assert _error(response, 503)["code"] == "model_not_loaded"
         assert {m["id"] for m in httpx.get(f"{base}/v1/models").json()["data"]} == {"staria"}

@@ -10,10 +10,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from live_server import live_server
 from test_serve import _ab_midi, _clip
 
 from cadenza.serve import ServerConfig, create_app
+from cadenza.serve.background import serve_in_background
 from cadenza.serve.speech_engine import HiggsAudioServeEngine
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -42,7 +42,7 @@ def browser():
 @pytest.fixture(scope="module")
 def page(browser, tiny_speech_model, tmp_path_factory):
     config = ServerConfig(voices_dir=tmp_path_factory.mktemp("voices"), max_new_tokens=40)
-    with live_server(create_app(config, engine=HiggsAudioServeEngine(tiny_speech_model))) as url:
+    with serve_in_background(create_app(config, engine=HiggsAudioServeEngine(tiny_speech_model))) as url:
         browser.get(url)
         yield browser
 

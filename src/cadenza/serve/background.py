@@ -1,4 +1,4 @@
-"""A live uvicorn server on 127.0.0.1 (a free port) in a background thread, for tests that talk HTTP to an app."""
+"""An app served by uvicorn in a background thread on 127.0.0.1 (a free port): for tests and benchmarks that talk HTTP to it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import uvicorn
 
 
 @contextmanager
-def live_server(app) -> Iterator[str]:
+def serve_in_background(app) -> Iterator[str]:
     """Serve `app` while the block runs; yields its base URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -23,7 +23,7 @@ def live_server(app) -> Iterator[str]:
     deadline = time.monotonic() + 30
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
+            raise RuntimeError("the server did not start")
         time.sleep(0.02)
     try:
         yield f"http://127.0.0.1:{port}"

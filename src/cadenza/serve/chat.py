@@ -8,6 +8,7 @@ carry `delta.audio.data` (16-bit PCM, as OpenAI streams audio) and end with `dat
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -105,7 +106,7 @@ async def chat_completions(body: ChatBody, request: Request):
         raise APIError(400, "this model answers in audio: ask for modalities ['text', 'audio']", param="modalities")
     if body.stream and body.audio.format != "pcm16":
         raise APIError(400, "streamed audio is 16-bit PCM: ask for audio.format 'pcm16'", param="audio.format")
-    text, scene, voice = read_messages(body.messages, state.voices.max_seconds)
+    text, scene, voice = await asyncio.to_thread(read_messages, body.messages, state.voices.max_seconds)
     if voice is None:
         voice = state.voice_reference(body.audio.voice)
     job = submit(state, text, voice, scene, body.seed, body.temperature, body.max_completion_tokens)

@@ -152,8 +152,9 @@ async def create_speech(body: SpeechBody, request: Request) -> Response:
     job = submit(state, body.input, voice, body.instructions, body.seed, body.temperature, body.max_new_tokens)
     rate, fmt = state.speech_worker().sampling_rate, body.response_format
     if not body.stream and body.stream_format == "audio":
-        audio = stretch(await collect(job, state, request), body.speed)
-        return Response(encode(audio, rate, fmt), media_type=content_type(fmt))
+        audio = await collect(job, state, request)
+        data = await asyncio.to_thread(lambda: encode(stretch(audio, body.speed), rate, fmt))
+        return Response(data, media_type=content_type(fmt))
     chunks = encoded(await first_then_rest(job, state), fmt, rate, body.speed)
     if body.stream_format == "sse":
         return EventSourceResponse(_sse(chunks, job))

@@ -29,6 +29,7 @@ class ServerConfig:
     api_key: str | None = None
     max_queue: int = 64  # speech requests waiting; more are answered 503
     max_batch: int = 16  # speech requests decoded together
+    batch_window: float = 0.02  # seconds a new batch waits for more requests
     music_queue: int = 4
     timeout: float = 300.0  # seconds a request may take
     max_body_bytes: int = 16 << 20
@@ -53,7 +54,8 @@ class ServerState:
         if engine is None and model is not None:
             engine = HiggsAudioServeEngine(model)
         self.speech = None if engine is None else SpeechWorker(
-            engine, config.max_queue, config.max_batch, config.chunk_words, on_audio=self.metrics.audio_seconds.inc)
+            engine, config.max_queue, config.max_batch, config.chunk_words, config.batch_window,
+            on_audio=self.metrics.audio_seconds.inc)
         self.music = MusicService(config.music_model, config.music_queue, config.timeout)
         self.metrics.queue.labels("speech").set_function(lambda: self.speech.depth if self.speech else 0)
         self.metrics.queue.labels("music").set_function(lambda: self.music.depth)

@@ -1,10 +1,10 @@
 """The speech worker: a bounded queue in front of one thread that decodes requests in batches.
 
 Requests wait in a queue of at most `max_queue` (a full queue is refused at once: the route answers 503).
-The worker thread takes up to `max_batch` waiting requests and decodes one chunk of each in a single
-batched stream; a request with more chunks goes back to the front of the queue, so long texts and new
-requests share the next batch (batching at chunk boundaries: a request that arrives while a batch runs
-joins the next one). Audio is handed to each request's asyncio queue as soon as it is final. A request whose
+The worker thread takes up to `max_batch` waiting requests (having waited `batch_window` for requests that
+arrive together) and decodes one chunk of each in a single batched stream; a request with more chunks goes
+back to the front of the queue, so long texts and new requests share the next batch (batching at chunk
+boundaries: a request that arrives while a batch runs joins the next one). Audio is handed to each request's asyncio queue as soon as it is final. A request whose
 client went away or whose deadline passed stops decoding at the next step.
 """
 
@@ -67,8 +67,9 @@ class SpeechWorker:
     """Owns the engine: every engine call happens on this worker's thread."""
 
     def __init__(self, engine: HiggsAudioServeEngine, max_queue: int = 64, max_batch: int = 16,
-                 chunk_words: int = 40, on_audio=None):
+                 chunk_words: int = 40, batch_window: float = 0.02, on_audio=None):
         self.engine = engine
+        self.batch_window = batch_window  # seconds a new batch waits for requests arriving together
         self.max_queue, self.max_batch, self.chunk_words = max_queue, max_batch, chunk_words
         self.on_audio = on_audio or (lambda seconds: None)
         self._waiting: deque[SpeechJob] = deque()
@@ -110,6 +111,9 @@ class SpeechWorker:
         with self._wake:
             while not self._waiting and not self._stop:
                 self._wake.wait()
+            deadline = time.monotonic() + self.batch_window
+            while len(self._waiting) < self.max_batch and not self._stop and (left := deadline - time.monotonic()) > 0:
+                self._wake.wait(left)
             if self._stop:
                 return None
             jobs = []
