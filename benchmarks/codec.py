@@ -29,7 +29,7 @@ from torch import nn
 from cadenza.higgs_audio.codec.api import SHIPPED_DIR, load_codec
 from cadenza.higgs_audio.codec.config import CodecConfig
 from cadenza.higgs_audio.codec.model import Codec
-from cadenza.higgs_audio.codec.training import load_codec_config
+from cadenza.higgs_audio.codec.train import load_codec_config
 
 RESULTS = Path(__file__).parent / "results" / "codec.json"
 SMALL_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "codec_small.yaml"

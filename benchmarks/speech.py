@@ -47,9 +47,9 @@ import numpy as np
 import torch
 
 from cadenza.core.sampling import SamplingConfig, make_generator, repetition_aware_sample
-from cadenza.higgs_audio import training
-from cadenza.higgs_audio.decoding import HiggsAudioDecoder
+from cadenza.higgs_audio import train as lm_train
 from cadenza.higgs_audio.engine import SHIPPED_MODEL, GenerationSettings, HiggsAudioServeEngine
+from cadenza.higgs_audio.fast_decoder import HiggsAudioDecoder
 from cadenza.higgs_audio.inputs import expand_sample, pad_inputs
 from cadenza.higgs_audio.modeling import HiggsAudioModel, KVCache
 from cadenza.higgs_audio.prompt import ChatMLDatasetSample
@@ -71,10 +71,10 @@ def build_engine(model: Path | None, preset: str | None) -> tuple[HiggsAudioServ
         return HiggsAudioServeEngine(model), str(model)
     preset = preset or "small"
     tok = TextTokenizer.build(TOKENIZER_TEXTS)
-    config = training.PRESETS[preset](text_vocab_size=tok.vocab_size, **training.token_ids(tok))
+    config = lm_train.PRESETS[preset](text_vocab_size=tok.vocab_size, **lm_train.token_ids(tok))
     torch.manual_seed(0)
     directory = Path(tempfile.mkdtemp(prefix="speech_bench_"))
-    training.save_model(HiggsAudioModel(config), tok, directory, step=0)
+    lm_train.save_model(HiggsAudioModel(config), tok, directory, step=0)
     return HiggsAudioServeEngine(directory), f"untrained HiggsAudioConfig.{preset} (no shipped model)"
 
 
@@ -234,7 +234,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None,
                         help="speech LM directory (default: the shipped one; an untrained preset while none is shipped)")
-    parser.add_argument("--preset", choices=sorted(training.PRESETS), default=None,
+    parser.add_argument("--preset", choices=sorted(lm_train.PRESETS), default=None,
                         help="benchmark an untrained model of this preset instead")
     parser.add_argument("--frames", type=int, default=100, help="audio frames per request (25 = 1 s)")
     parser.add_argument("--batch", type=int, default=16)

@@ -21,7 +21,7 @@ from cadenza.higgs_audio.configuration import TOKENIZER_FILE
 from cadenza.higgs_audio.dataset import SampleMix, SpeechLMDataset
 from cadenza.higgs_audio.prompt import tokenize_sample
 from cadenza.higgs_audio.text import TextTokenizer
-from cadenza.higgs_audio.training import SpeechLMModule
+from cadenza.higgs_audio.train import SpeechLMModule
 
 
 @torch.no_grad()

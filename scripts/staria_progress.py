@@ -31,10 +31,10 @@ from symusic import Score
 
 from cadenza.core.checkpoint import config_from_dict, load_config_json
 from cadenza.staria.cache import TokenCache
-from cadenza.staria.evaluate import evaluate_piece
 from cadenza.staria.events import events_to_score, join_sections
 from cadenza.staria.generate import GenerationConfig, StariaGenerator
 from cadenza.staria.models import StariaConfig, StariaSeq2Seq
+from cadenza.staria.piece_eval import evaluate_piece
 from cadenza.staria.prompt_following import following_rate, snippet_events
 from cadenza.staria.synthetic import opening_notes
 from cadenza.staria.tokenizer import StariaTokenizer

@@ -91,15 +91,15 @@ def _one_torch_thread():
 
 def _build_tiny_speech_model(out_dir: Path, seed: int = 0, **overrides) -> Path:
     """A random tiny Higgs Audio model + tokenizer directory the engine loads (built in well under a second)."""
-    from cadenza.higgs_audio import training
+    from cadenza.higgs_audio import train as lm_train
     from cadenza.higgs_audio.configuration import HiggsAudioConfig
     from cadenza.higgs_audio.modeling import HiggsAudioModel
     from cadenza.higgs_audio.text import TextTokenizer
 
     tok = TextTokenizer.build(SPEECH_TOKENIZER_TEXTS)
-    config = HiggsAudioConfig.tiny(text_vocab_size=tok.vocab_size, **training.token_ids(tok), **overrides)
+    config = HiggsAudioConfig.tiny(text_vocab_size=tok.vocab_size, **lm_train.token_ids(tok), **overrides)
     torch.manual_seed(seed)
-    return training.save_model(HiggsAudioModel(config), tok, out_dir, step=0)
+    return lm_train.save_model(HiggsAudioModel(config), tok, out_dir, step=0)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from cadenza.higgs_audio.codec import load_audio_tokenizer
 from cadenza.higgs_audio.codec.api import SHIPPED_DIR, load_codec, save_codec
 from cadenza.higgs_audio.codec.config import CodecConfig
 from cadenza.higgs_audio.codec.model import Codec, Decoder
-from cadenza.higgs_audio.codec.training import load_codec_config
+from cadenza.higgs_audio.codec.train import load_codec_config
 
 torch.set_num_threads(1)  # tiny models: threads only add overhead (and fight other work on 2 cores)
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "codec_tiny.yaml"
@@ -207,7 +207,7 @@ def test_old_codec_config_format_is_a_migration_error(tmp_path):
 
 
 def test_training_runs_resumes_and_exports(tmp_path):
-    from cadenza.higgs_audio.codec.training import train
+    from cadenza.higgs_audio.codec.train import train
 
     rows = []
     for k in range(4):
@@ -252,7 +252,7 @@ def test_shipped_codec_loads():
 
 
 def test_adversarial_finetuning_starts_from_a_codec(tmp_path):
-    from cadenza.higgs_audio.codec.training import train
+    from cadenza.higgs_audio.codec.train import train
 
     init = build_tiny_codec(tmp_path / "init")
     sf.write(tmp_path / "a.wav", speechlike(1.0), SR)
@@ -270,7 +270,7 @@ def test_v3_phonetic_codebook_trains_with_ctc_from_a_plain_codec(tmp_path):
     """Codebook 0 of a v3 codec is its own VQ read by a CTC phoneme head; it warm-starts from a v2-style codec
     (its output projection starts at zero, so step 0 decodes as the source with its first 7 codebooks)."""
     from cadenza.higgs_audio.codec.phonemes import PHONEME_CLASSES, phoneme_ids
-    from cadenza.higgs_audio.codec.training import CodecModule, train, warm_start
+    from cadenza.higgs_audio.codec.train import CodecModule, train, warm_start
 
     assert phoneme_ids("ðə kˈæt.") == phoneme_ids("ðəkæt") and len(phoneme_ids("ðə kˈæt.")) == 5
     init = build_tiny_codec(tmp_path / "init")

@@ -2,7 +2,7 @@
 
 import json
 
-from cadenza.higgs_audio.codec.evaluate import ClipResult, aggregate, manifest_clips
+from cadenza.higgs_audio.codec.codec_eval import ClipResult, aggregate, manifest_clips
 from cadenza.higgs_audio.speech_metrics import edit_distance, normalize_words
 
 

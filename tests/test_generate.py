@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cadenza.staria.decoding import CachedDecoder
+from cadenza.staria.fast_decoder import CachedDecoder
 from cadenza.staria.generate import GenerationConfig, StariaGenerator
 from cadenza.staria.models import PRESETS, StariaSeq2Seq
 from cadenza.staria.tokenizer import StariaTokenizer

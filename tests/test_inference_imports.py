@@ -7,10 +7,10 @@ import json
 import subprocess
 import sys
 
-INFERENCE = ["cadenza.higgs_audio.engine", "cadenza.higgs_audio.speak", "cadenza.higgs_audio.evaluate",
+INFERENCE = ["cadenza.higgs_audio.engine", "cadenza.higgs_audio.speak", "cadenza.higgs_audio.tts_eval",
              "cadenza.higgs_audio.codec"]
 TRAINING = ["lightning", "cadenza.higgs_audio.dataset", "cadenza.higgs_audio.aligner", "cadenza.higgs_audio.collator",
-            "cadenza.higgs_audio.training", "cadenza.core.training"]
+            "cadenza.higgs_audio.train", "cadenza.core.training"]
 
 
 def test_speech_inference_imports_no_training_module():

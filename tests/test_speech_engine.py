@@ -13,12 +13,12 @@ import torch
 from cadenza.higgs_audio.chatml import AudioContent, ChatMLSample, Message
 from cadenza.higgs_audio.delay import build_delay_pattern
 from cadenza.higgs_audio.engine import GenerationSettings, HiggsAudioServeEngine
-from cadenza.higgs_audio.evaluate import CaseResult, aggregate, format_report
 from cadenza.higgs_audio.inputs import expand_sample
 from cadenza.higgs_audio.prompt import expanded_length, system_message
 from cadenza.higgs_audio.speak import (VOICES_DIR, Chunk, Reference, SpeechRequest, conversation, first_prompt, plan_chunks,
                                        speak, speak_batch, speak_stream, voice_reference)
 from cadenza.higgs_audio.text import SILENT_SYMBOLS, TextTokenizer
+from cadenza.higgs_audio.tts_eval import CaseResult, aggregate, format_report
 
 SENTENCES = ["Hello there.", "How are you today, my friend?", "It is a fine day for a walk in the park."]
 N_Q, CODEBOOK = 8, 1024

@@ -21,7 +21,7 @@ from cadenza.higgs_audio.inputs import IGNORE, expand_sample, pad_inputs, transc
 from cadenza.higgs_audio.manifest import read_manifest
 from cadenza.higgs_audio.prompt import ChatMLDatasetSample, tokenize_sample
 from cadenza.higgs_audio.text import TextTokenizer
-from cadenza.higgs_audio.training import token_ids
+from cadenza.higgs_audio.train import token_ids
 
 SENTENCES = ["The cat sat on the mat.", "Time flies like an arrow.", "A stitch in time saves nine.",
              "Fortune favors the bold.", "Patience is a virtue.", "Knowledge is power."]
@@ -206,7 +206,7 @@ def test_dataset_draws_every_kind_and_labels_only_the_target(corpus, tokenizer, 
 
 def test_tiny_training_resumes_and_exports_a_loadable_model(corpus, tmp_path):
     from cadenza.higgs_audio.engine import HiggsAudioServeEngine
-    from cadenza.higgs_audio.training import train
+    from cadenza.higgs_audio.train import train
 
     run_dir = tmp_path / "run"
     overrides = [f"data.corpus={corpus}", f"train.run_dir={run_dir}", "train.max_steps=4",
@@ -238,7 +238,7 @@ def test_tiny_training_resumes_and_exports_a_loadable_model(corpus, tmp_path):
 
 
 def test_finetuning_keeps_the_models_tokenizer(tmp_path, corpus, tokenizer):
-    from cadenza.higgs_audio.training import load_or_build_tokenizer
+    from cadenza.higgs_audio.train import load_or_build_tokenizer
 
     model_dir = tmp_path / "model"
     model_dir.mkdir()
@@ -250,7 +250,7 @@ def test_finetuning_keeps_the_models_tokenizer(tmp_path, corpus, tokenizer):
 
 def test_finetune_freezes_everything_but_the_audio_adapter(config):
     from cadenza.higgs_audio.modeling import HiggsAudioModel
-    from cadenza.higgs_audio.training import freeze
+    from cadenza.higgs_audio.train import freeze
 
     model = HiggsAudioModel(config)
     freeze(model, freeze_llm=True, freeze_text_head=True)

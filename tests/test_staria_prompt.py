@@ -12,7 +12,7 @@ from cadenza.staria.generate import StariaGenerator
 from cadenza.staria.models import PRESETS, StariaSeq2Seq
 from cadenza.staria.prompt import UNCONDITIONAL_LEN, snippet_prompt, unconditional_prompt
 
-INFERENCE = ("cadenza.staria.generate", "cadenza.staria.labeller", "cadenza.staria.evaluate",
+INFERENCE = ("cadenza.staria.generate", "cadenza.staria.labeller", "cadenza.staria.piece_eval",
              "cadenza.staria.classifier_eval", "cadenza.staria.prompt_following")
 TRAINING = ("lightning", "cadenza.staria.train", "cadenza.staria.tasks", "cadenza.staria.data",
             "cadenza.staria.wake_sleep", "cadenza.core.training")

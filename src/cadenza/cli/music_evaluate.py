@@ -39,7 +39,7 @@ def evaluate(
     and --heldout, the generator's perplexity on held-out real pieces.
     """
     from cadenza.core.checkpoint import CheckpointError
-    from cadenza.staria.evaluate import evaluate_dir, heldout_perplexity
+    from cadenza.staria.piece_eval import evaluate_dir, heldout_perplexity
     from cadenza.staria.generate import StariaGenerator
     from cadenza.staria.labeller import SectionLabeller
 

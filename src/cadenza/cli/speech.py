@@ -30,7 +30,7 @@ def train_codec_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/checkpoints/last.ckpt (fresh if none yet).")] = False,
 ) -> None:
     """Train the audio tokenizer (core training harness); checkpoints, logs and the exported model/ go to RUN_DIR."""
-    from cadenza.higgs_audio.codec.training import train
+    from cadenza.higgs_audio.codec.train import train
 
     try:
         export = train(config, overrides or [], resume=resume, run_dir=run_dir)
@@ -47,7 +47,7 @@ def export_codec_cmd(
     half: Annotated[bool, typer.Option("--half", help="Store weights as float16 (half the size; for shipping).")] = False,
 ) -> None:
     """Turn a training checkpoint into the shipped format (safetensors + config.json, no pickle)."""
-    from cadenza.higgs_audio.codec.training import export
+    from cadenza.higgs_audio.codec.train import export
 
     if not checkpoint.exists():
         _fail(f"{checkpoint}: no such checkpoint")
@@ -154,7 +154,7 @@ def eval_codec_cmd(
     import json
     from dataclasses import asdict
 
-    from cadenza.higgs_audio.codec.evaluate import evaluate_codec, format_table, manifest_clips
+    from cadenza.higgs_audio.codec.codec_eval import evaluate_codec, format_table, manifest_clips
     from cadenza.higgs_audio.speech_metrics import festival_clips
 
     tok = _load_tokenizer(codec)
@@ -225,7 +225,7 @@ def train_cmd(
 ) -> None:
     """Train or fine-tune the Higgs Audio LM (text CE + per-codebook audio CE) on an encoded speech corpus."""
     from cadenza.core.checkpoint import ConfigError
-    from cadenza.higgs_audio.training import train
+    from cadenza.higgs_audio.train import train
 
     try:
         export = train(config, overrides or [], resume=resume)
@@ -243,7 +243,7 @@ def export_cmd(
     codec: Annotated[Path | None, typer.Option(help="The audio tokenizer the run trained on (default: the shipped one).")] = None,
 ) -> None:
     """Turn a training checkpoint of the audio LM into a model directory the engine loads."""
-    from cadenza.higgs_audio.training import export
+    from cadenza.higgs_audio.train import export
 
     if not checkpoint.exists():
         _fail(f"{checkpoint}: no such checkpoint")

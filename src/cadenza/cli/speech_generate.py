@@ -205,7 +205,7 @@ def eval_cmd(
     codec: Annotated[Path | None, typer.Option(help=CODEC_HELP)] = None,
 ) -> None:
     """Word error rate (Whisper tiny.en) and speaker similarity (resemblyzer) on held-out sentences and voices."""
-    from cadenza.higgs_audio.evaluate import build_cases, evaluate_tts, format_report, write_report
+    from cadenza.higgs_audio.tts_eval import build_cases, evaluate_tts, format_report, write_report
 
     engine = _engine(model, codec)
     try:

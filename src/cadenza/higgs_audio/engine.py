@@ -16,7 +16,7 @@ exactly the audio of `generate` (the original streamed raw frames no client coul
 Speed: the prompt is prefilled by `HiggsAudioModel.forward`. Prompts of a batch that begin alike (requests
 cloning one voice) share that prefix: computed once, read once per step. The prefix up to the end of the
 voice reference is also kept for later requests, so a voice's reference is read once, not per request.
-Every step after the prefill is a `HiggsAudioDecoder.step` (decoding.py) into the same KV cache, and all
+Every step after the prefill is a `HiggsAudioDecoder.step` (fast_decoder.py) into the same KV cache, and all
 rows are sampled together by a `BatchSampler` (sampler.py). A stream releases each frame with the column
 that completes it.
 """
@@ -37,8 +37,8 @@ from cadenza.core.sampling import make_generator
 from cadenza.higgs_audio.chatml import AudioContent, ChatMLSample, last_user_text, prepare_chatml_sample
 from cadenza.higgs_audio.codec.api import codec_fingerprint, load_audio_tokenizer
 from cadenza.higgs_audio.configuration import TOKENIZER_FILE
-from cadenza.higgs_audio.decoding import HiggsAudioDecoder
 from cadenza.higgs_audio.delay import DelayReverter
+from cadenza.higgs_audio.fast_decoder import HiggsAudioDecoder
 from cadenza.higgs_audio.inputs import ExpandedSample, expand_sample, pad_inputs
 from cadenza.higgs_audio.modeling import HiggsAudioModel, KVCache
 from cadenza.higgs_audio.prompt import ChatMLDatasetSample, expanded_length
@@ -113,7 +113,7 @@ class HiggsAudioServeEngine:
                  device: str = "cpu", dtype: torch.dtype = torch.float32,
                  decode_weight_dtype: torch.dtype = torch.float16):
         """dtype: of the model (the prompt's prefill); decode_weight_dtype: how the decoding steps store the
-        weights (float16 halves the bytes a step reads; products stay float32, see decoding.py)."""
+        weights (float16 halves the bytes a step reads; products stay float32, see fast_decoder.py)."""
         if model_path is None and not (SHIPPED_MODEL / "config.json").is_file():
             raise FileNotFoundError("no speech model is shipped yet: give the directory of one (`cadenza speech train`)")
         model_path = Path(model_path or SHIPPED_MODEL)

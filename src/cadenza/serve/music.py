@@ -178,7 +178,7 @@ def _json_safe(value):
 @router.post("/v1/music/evaluations")
 async def evaluate_music(body: EvaluationBody) -> dict:
     """Form adherence (against `form`, if given) and music statistics of a MIDI file."""
-    from cadenza.staria.evaluate import evaluate_piece
+    from cadenza.staria.piece_eval import evaluate_piece
 
     if body.form is not None:
         check_form(body.form)

@@ -34,12 +34,12 @@ from torch.nn.utils.rnn import pad_sequence
 from cadenza.core.checkpoint import load_model
 from cadenza.core.sampling import SamplingConfig, make_generator, sample
 from cadenza.staria.corpus import random_folk_tunes
-from cadenza.staria.decoding import CachedDecoder
+from cadenza.staria.events import NO_SECTION, SECTION_LETTERS, SEGMENT_MS, TIME_STEP_MS
+from cadenza.staria.fast_decoder import CachedDecoder
 from cadenza.staria.forms import validate_form
 from cadenza.staria.midi import MidiInput
 from cadenza.staria.models import StariaConfig, StariaSeq2Seq
 from cadenza.staria.prompt import UNCONDITIONAL_LEN, encoder_prompt, prompt_snippets, unconditional_prompt
-from cadenza.staria.events import NO_SECTION, SECTION_LETTERS, SEGMENT_MS, TIME_STEP_MS
 from cadenza.staria.tokenizer import K_DRUM, K_NOTE, K_ONSET, K_SECTION, K_TIME, StariaTokenizer
 
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained" / "staria_small"

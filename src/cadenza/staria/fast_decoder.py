@@ -11,7 +11,7 @@ the arithmetic, is what a CPU spends its time on:
   the attention scale is folded into the q weights;
 - cross-attention keys and values are projected once per prompt, keys stored transposed for `bmm`;
 - a preallocated KV cache, `F.linear` on (out, in) weights, batched matrix products over batch x heads
-  (`core/decoding.py`, shared with Higgs Audio's decoder);
+  (`core/fast_decoder.py`, shared with Higgs Audio's decoder);
 - optionally (`weight_dtype=torch.float16`, what the generator uses) half-precision projection weights:
   one decoding step is bound by reading the weights, and half the bytes is ~2x faster matrix-vector
   products on a CPU; the residual stream, attention and caches stay in float32.
@@ -30,8 +30,8 @@ from torch import nn
 from x_transformers import TransformerWrapper
 from x_transformers.x_transformers import LayerNorm as XLayerNorm
 
-from cadenza.core.decoding import attend as _attend
-from cadenza.core.decoding import project as _project
+from cadenza.core.fast_decoder import attend as _attend
+from cadenza.core.fast_decoder import project as _project
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from cadenza.cli import app
 from cadenza.staria import StariaTokenizer
 from cadenza.staria.cache import TokenCache
-from cadenza.staria.evaluate import (
+from cadenza.staria.piece_eval import (
     empty_beat_rate, estimate_beat_ms, evaluate_dir, evaluate_piece, groove_consistency, music_statistics,
     perplexity, recovered_form_by_classifier,
 )

@@ -8,7 +8,7 @@ import torch
 
 from cadenza.core.sampling import repetition_aware_resample, sample_from_uniforms
 from cadenza.higgs_audio.configuration import HiggsAudioConfig
-from cadenza.higgs_audio.decoding import HiggsAudioDecoder
+from cadenza.higgs_audio.fast_decoder import HiggsAudioDecoder
 from cadenza.higgs_audio.modeling import HiggsAudioModel, KVCache
 from cadenza.higgs_audio.sampler import BatchSampler
 

@@ -4,7 +4,7 @@
 an attention mask over the whole prefix, routes positions through index lists, and runs a Python module
 call per norm and projection. One decoding step at a small batch is bound by that per-operation overhead
 and by reading the weights, so `HiggsAudioDecoder` repacks the same weights once and runs a step with as
-few tensor operations as possible (the ideas of `staria/decoding.py`, helpers in `core/decoding.py`):
+few tensor operations as possible (the ideas of `staria/fast_decoder.py`, helpers in `core/fast_decoder.py`):
 
 - one projection per layer yields q, k and v, with the attention scale folded into q and the RMSNorm
   weight folded into the projection (norm(x) W^T = (x / rms(x)) (W diag(g))^T); likewise one
@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cadenza.core.decoding import attend, rotate_half_tables
+from cadenza.core.fast_decoder import attend, rotate_half_tables
 from cadenza.higgs_audio.modeling import HiggsAudioModel, KVCache, rotary_cos_sin
 
 
