@@ -20,6 +20,7 @@ def serve(
     max_new_tokens: Annotated[int, typer.Option(help="Decode steps per chunk of text (25 audio frames = 1 s).")] = 1024,
     timeout: Annotated[float, typer.Option(help="Seconds a request may take.")] = 300.0,
     threads: Annotated[int, typer.Option(help="Torch threads.")] = 1,
+    replicas: Annotated[int, typer.Option(min=1, help="Run N replicas (one model copy each) behind Ray Serve's HTTP proxy.")] = 1,
 ) -> None:
     """Serve speech (OpenAI's /v1/audio/speech, voices, audio chat completions), music and a web UI at /."""
     import uvicorn
@@ -30,6 +31,11 @@ def serve(
                           max_batch=max_batch, max_new_tokens=max_new_tokens, timeout=timeout, threads=threads)
     if voices_dir is not None:
         config.voices_dir = voices_dir
+    if replicas > 1:
+        from cadenza.serve.replicas import serve_replicas
+
+        serve_replicas(config, replicas, host, port)
+        return
     try:
         app = create_app(config)
     except (FileNotFoundError, ValueError) as exc:
