@@ -56,8 +56,10 @@ def to_mono(wav: np.ndarray) -> np.ndarray:
     return wav.mean(axis=channel_axis).astype(np.float32, copy=False)
 
 
-def resample(wav: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    """Resample mono float audio from `sr_in` to `sr_out` Hz (soxr high quality)."""
+def resample(wav: np.ndarray, sr_in: float, sr_out: float) -> np.ndarray:
+    """Resample mono float audio from `sr_in` to `sr_out` Hz (soxr high quality).
+
+    Rates may be fractional: reading samples as if recorded at `sr * f` and resampling shifts pitch by `f`."""
     if sr_in <= 0 or sr_out <= 0:
         raise AudioError(f"sample rates must be positive, got {sr_in} -> {sr_out}")
     if sr_in == sr_out:

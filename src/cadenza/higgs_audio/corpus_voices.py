@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cadenza.core.audio import resample
+
 SAMPLE_RATE = 24_000
 ENGINES = ("piper", "flite", "espeak", "kokoro", "hibari")
 NATURAL_ENGINES = ("piper", "kokoro", "hibari")
@@ -164,15 +166,6 @@ def synthesize(voice: VoiceIdentity, text: str) -> np.ndarray:
     audio = resample(audio, sr * voice.shift_factor, SAMPLE_RATE)
     audio = trim_silence(audio, SAMPLE_RATE)
     return normalize_loudness(audio)
-
-
-def resample(audio: np.ndarray, sr_in: float, sr_out: int) -> np.ndarray:
-    """Resample mono float audio (soxr, high quality)."""
-    import soxr
-
-    if abs(sr_in - sr_out) < 1e-6:
-        return audio.astype(np.float32)
-    return soxr.resample(audio.astype(np.float32), sr_in, sr_out).astype(np.float32)
 
 
 def trim_silence(audio: np.ndarray, sr: int, top_db: float = 40.0, margin_s: float = 0.15) -> np.ndarray:

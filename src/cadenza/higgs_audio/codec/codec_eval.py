@@ -12,7 +12,6 @@ evaluation time only (Festival is held out: never train on it).
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections import defaultdict
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cadenza.core.audio import read_audio, resample
+from cadenza.higgs_audio.manifest import read_manifest
 from cadenza.higgs_audio.speech_metrics import (
     Clip, SpeakerEncoder, Transcriber, edit_distance, normalize_words,
 )
@@ -62,7 +62,7 @@ class EvalReport:
 # --- clips --------------------------------------------------------------------------------------
 def manifest_clips(manifest: Path, split: str, per_group: int, seed: int = 0) -> list[Clip]:
     """Clips of `split`: up to `per_group` from speakers heard in training and from held-out speakers."""
-    rows = [json.loads(line) for line in Path(manifest).read_text().splitlines() if line.strip()]
+    rows = read_manifest(manifest, absolute_audio=True)
     train_speakers = {r["speaker"] for r in rows if r["split"] == "train"}
     chosen = [r for r in rows if r["split"] == split]
     rng = random.Random(seed)
@@ -76,8 +76,7 @@ def manifest_clips(manifest: Path, split: str, per_group: int, seed: int = 0) ->
             continue
         counts[group] += 1
         per_speaker[r["speaker"]] += 1
-        audio = Path(r["audio"]) if Path(r["audio"]).is_absolute() else Path(manifest).parent / r["audio"]
-        clips.append(Clip(r["id"], str(audio), r["text"], r["speaker"], group))
+        clips.append(Clip(r["id"], r["audio"], r["text"], r["speaker"], group))
     return clips
 
 

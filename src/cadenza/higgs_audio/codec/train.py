@@ -13,7 +13,6 @@ at every checkpoint and when training ends.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -34,6 +33,7 @@ from cadenza.higgs_audio.codec.api import save_codec
 from cadenza.higgs_audio.codec.config import CodecConfig
 from cadenza.higgs_audio.codec.losses import CodecLoss
 from cadenza.higgs_audio.codec.model import Codec
+from cadenza.higgs_audio.manifest import read_manifest
 
 
 # --- configuration --------------------------------------------------------------------------------
@@ -133,25 +133,6 @@ def codec_train_config(section: dict[str, Any] | None = None) -> TrainConfig:
 
 
 # --- data -----------------------------------------------------------------------------------------
-def read_manifest(path: str | Path, split: str | None = None) -> list[dict]:
-    """Rows of a speech corpus manifest (JSONL), optionally of one split; `audio` made absolute."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such manifest (build one with `cadenza data speech`)")
-    rows = []
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{line_no}: not JSON ({exc})") from exc
-        if split is None or row.get("split") == split:
-            row["audio"] = str((path.parent / row["audio"]).resolve())
-            rows.append(row)
-    return rows
-
-
 class RandomCropDataset(Dataset):
     """Random fixed-length crops of the manifest's wavs, with a random gain; `length` items per epoch.
 
@@ -232,8 +213,8 @@ class SpeechCropDataModule(L.LightningDataModule):
         if self.trainer is not None and self.trainer.world_size > 1:
             # crops come from the process-wide `random`: give every DDP rank its own stream
             random.seed(random.getrandbits(32) + self.trainer.global_rank)
-        train = read_manifest(d.manifest, d.train_split)
-        val = read_manifest(d.manifest, d.val_split) or train
+        train = read_manifest(d.manifest, d.train_split, absolute_audio=True)
+        val = read_manifest(d.manifest, d.val_split, absolute_audio=True) or train
         self.train_set = RandomCropDataset(train, self._segment(d.segment_seconds), self.steps_per_epoch * self.batch_size, d.gain_db)
         self.val_set = RandomCropDataset(val, self._segment(d.val_segment_seconds), d.val_items, (0.0, 0.0), seed=1234)
         if self.phonemes:
