@@ -13,8 +13,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cadenza.serve.errors import error_body
 
-OPEN_PATHS = ("/", "/health", "/metrics", "/favicon.ico")  # everything else under /v1 needs the key
-
 
 async def _send_error(send, status: int, message: str, code: str, headers: dict[str, str] | None = None) -> None:
     body = json.dumps(error_body(status, message, code=code)).encode()
