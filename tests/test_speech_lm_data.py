@@ -13,11 +13,11 @@ import torch
 
 from cadenza.higgs_audio.chatml import AudioContent, ChatMLSample, Message
 from cadenza.higgs_audio.collator import HiggsAudioSampleCollator
-from cadenza.higgs_audio.configuration import HiggsAudioConfig
+from cadenza.higgs_audio.configuration import IGNORE_INDEX as IGNORE, HiggsAudioConfig
 from cadenza.higgs_audio.corpus_voices import VoiceIdentity, engine_available, synthesize
 from cadenza.higgs_audio.dataset import SampleMix, SpeechLMDataset, encode_corpus
 from cadenza.higgs_audio.delay import build_delay_pattern
-from cadenza.higgs_audio.inputs import IGNORE, expand_sample, pad_inputs, transcript_pointer
+from cadenza.higgs_audio.inputs import expand_sample, pad_inputs, transcript_pointer
 from cadenza.higgs_audio.manifest import read_manifest
 from cadenza.higgs_audio.prompt import ChatMLDatasetSample, tokenize_sample
 from cadenza.higgs_audio.text import TextTokenizer

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from cadenza.higgs_audio.configuration import IGNORE_INDEX
 from cadenza.higgs_audio.text import TextTokenizer
 
 ROLES = ("system", "user", "assistant")
-IGNORE_INDEX = -100
 AUDIO_IN_TOKENS = "<|audio_bos|><|AUDIO|><|audio_eos|>"
 AUDIO_OUT_TOKENS = "<|audio_out_bos|><|AUDIO_OUT|><|audio_eos|>"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 TOKENIZER_FILE = "tokenizer.json"  # the text tokenizer, beside config.json in a model directory
+IGNORE_INDEX = -100  # a label that is not learned (cross_entropy's ignore_index)
 
 
 class HiggsAudioConfig(PretrainedConfig):

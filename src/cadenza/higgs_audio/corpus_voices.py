@@ -27,13 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cadenza.core.audio import resample
+from cadenza.core.audio import normalize_loudness, resample, rms_dbfs
 
 SAMPLE_RATE = 24_000
 ENGINES = ("piper", "flite", "espeak", "kokoro", "hibari")
 NATURAL_ENGINES = ("piper", "kokoro", "hibari")
 KOKORO_STYLES = ("alpha", "gongitsune", "nezumi", "tebukuro", "kumo")  # the tables jf_alpha .. jm_kumo
 _KOKORO_PART = re.compile(r"([a-z]+)(\d+)")
+SILENCE_DBFS = -120.0  # an utterance quieter than this (RMS 1e-6) is an engine failure, not speech
 FLITE_VOICES = ("kal16", "awb", "rms", "slt")
 ESPEAK_ACCENTS = (
     "en-us", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
@@ -165,7 +166,9 @@ def synthesize(voice: VoiceIdentity, text: str) -> np.ndarray:
     # Treating the samples as recorded at sr * f and resampling to 24 kHz shifts pitch and formants by f.
     audio = resample(audio, sr * voice.shift_factor, SAMPLE_RATE)
     audio = trim_silence(audio, SAMPLE_RATE)
-    return normalize_loudness(audio)
+    if not rms_dbfs(audio) > SILENCE_DBFS:
+        raise RuntimeError("synthesized audio is silent")
+    return normalize_loudness(audio, target_dbfs=-20.0, peak=0.95, floor_dbfs=SILENCE_DBFS)
 
 
 def trim_silence(audio: np.ndarray, sr: int, top_db: float = 40.0, margin_s: float = 0.15) -> np.ndarray:
@@ -180,16 +183,6 @@ def trim_silence(audio: np.ndarray, sr: int, top_db: float = 40.0, margin_s: flo
     start = max(0, loud[0] * frame - margin)
     end = min(len(audio), (loud[-1] + 1) * frame + margin)
     return audio[start:end]
-
-
-def normalize_loudness(audio: np.ndarray, target_dbfs: float = -20.0, peak: float = 0.95) -> np.ndarray:
-    """Scale to a target RMS level, then down if needed so the peak stays below `peak`."""
-    rms = float(np.sqrt(np.mean(audio**2)))
-    if rms < 1e-6:
-        raise RuntimeError("synthesized audio is silent")
-    gain = 10 ** (target_dbfs / 20) / rms
-    gain = min(gain, peak / float(np.abs(audio).max()))
-    return (audio * gain).astype(np.float32)
 
 
 def _onnx_session(path: str, threads: int = 1):

@@ -20,11 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cadenza.higgs_audio.configuration import HiggsAudioConfig
+from cadenza.higgs_audio.configuration import IGNORE_INDEX, HiggsAudioConfig
 from cadenza.higgs_audio.delay import build_delay_pattern
 from cadenza.higgs_audio.prompt import ChatMLDatasetSample
-
-IGNORE = -100
 
 
 @dataclass
@@ -66,7 +64,7 @@ def expand_sample(sample: ChatMLDatasetSample, config: HiggsAudioConfig) -> Expa
             codes.append(np.zeros((n_q, 1), np.int64))
             mask.append(np.zeros(1, bool))
             token_targets.append(label)
-            frame_targets.append(np.full((n_q, 1), IGNORE, np.int64))
+            frame_targets.append(np.full((n_q, 1), IGNORE_INDEX, np.int64))
             continue
         try:
             audio = next(audio_iter)
@@ -77,20 +75,20 @@ def expand_sample(sample: ChatMLDatasetSample, config: HiggsAudioConfig) -> Expa
         ids += [token] * width
         codes.append(delayed)
         mask.append(np.ones(width, bool))
-        token_targets += [IGNORE] * width
-        learn = token == config.audio_out_token_id and label != IGNORE
+        token_targets += [IGNORE_INDEX] * width
+        learn = token == config.audio_out_token_id and label != IGNORE_INDEX
         if learn:
             target = (len(ids) - width, len(ids))
-        frame_targets.append(np.where(delayed == bos, IGNORE, delayed) if learn else np.full_like(delayed, IGNORE))
+        frame_targets.append(np.where(delayed == bos, IGNORE_INDEX, delayed) if learn else np.full_like(delayed, IGNORE_INDEX))
     if next(audio_iter, None) is not None:
         raise ValueError("sample has more code arrays than audio placeholders")
     token_targets = np.asarray(token_targets, np.int64)
     frame_targets = np.concatenate(frame_targets, axis=1)
-    text_labels = np.full_like(token_targets, IGNORE)
-    audio_labels = np.full_like(frame_targets, IGNORE)
+    text_labels = np.full_like(token_targets, IGNORE_INDEX)
+    audio_labels = np.full_like(frame_targets, IGNORE_INDEX)
     text_labels[:-1], audio_labels[:, :-1] = token_targets[1:], frame_targets[:, 1:]
     alignment_labels = np.full((2, len(ids)), -1.0, np.float32)
-    spoken_ids, pointer_labels = np.full(len(ids), -1, np.int64), np.full(len(ids), IGNORE, np.int64)
+    spoken_ids, pointer_labels = np.full(len(ids), -1, np.int64), np.full(len(ids), IGNORE_INDEX, np.int64)
     if sample.transcript_span is not None and target is not None:
         start, end = (expanded_at[i] for i in sample.transcript_span)
         frames, trained = np.asarray(sample.transcript_frames), slice(*target)
@@ -110,7 +108,7 @@ def transcript_pointer(middles: np.ndarray, n_frames: int, max_step: int) -> tup
     0..n_frames-1 (the one whose middle is nearest) and the steps from it to the next frame's (at most
     max_step; -100 at the last frame)."""
     pointer = np.searchsorted((middles[1:] + middles[:-1]) / 2, np.arange(n_frames), side="right")
-    steps = np.full(n_frames, IGNORE, np.int64)
+    steps = np.full(n_frames, IGNORE_INDEX, np.int64)
     steps[:-1] = np.minimum(np.diff(pointer), max_step)
     return pointer, steps
 
@@ -126,11 +124,11 @@ def pad_inputs(expanded: list[ExpandedSample], config: HiggsAudioConfig, pad_lef
         "audio_codes": torch.zeros((batch, n_q, length), dtype=torch.long),
         "audio_mask": torch.zeros((batch, length), dtype=torch.bool),
         "attention_mask": torch.zeros((batch, length), dtype=torch.long),
-        "text_labels": torch.full((batch, length), IGNORE, dtype=torch.long),
-        "audio_labels": torch.full((batch, n_q, length), IGNORE, dtype=torch.long),
+        "text_labels": torch.full((batch, length), IGNORE_INDEX, dtype=torch.long),
+        "audio_labels": torch.full((batch, n_q, length), IGNORE_INDEX, dtype=torch.long),
         "alignment_labels": torch.full((batch, 2, length), -1.0),
         "spoken_ids": torch.full((batch, length), -1, dtype=torch.long),
-        "pointer_labels": torch.full((batch, length), IGNORE, dtype=torch.long),
+        "pointer_labels": torch.full((batch, length), IGNORE_INDEX, dtype=torch.long),
     }
     for row, e in enumerate(expanded):
         span = slice(length - len(e), length) if pad_left else slice(0, len(e))

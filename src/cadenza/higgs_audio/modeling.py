@@ -23,9 +23,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
 from transformers.utils import ModelOutput
 
-from cadenza.higgs_audio.configuration import HiggsAudioConfig
-
-IGNORE_INDEX = -100
+from cadenza.higgs_audio.configuration import IGNORE_INDEX, HiggsAudioConfig
 
 # Which rows of the flattened [B * L, hidden] stream are text and which are audio, computed once per
 # forward and shared by every layer. None means "all text" (no audio position in the batch).
