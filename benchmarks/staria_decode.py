@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cadenza.staria.generate import PRETRAINED_DIR, GenerationConfig, StariaGenerator
-from cadenza.core.training import load_config
+from cadenza.core.config import load_config
 from cadenza.staria.models import StariaSeq2Seq
 from cadenza.staria.train import model_config
 

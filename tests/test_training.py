@@ -31,15 +31,15 @@ from cadenza.core.checkpoint import (
     save_pretrained,
 )
 from cadenza.core import training
+from cadenza.core.config import load_config
+from cadenza.core.data_loader import ResumableDataLoader
 from cadenza.core.training import (
-    ResumableDataLoader,
     TrainConfig,
     config_dict,
     configure_adamw,
     configure_optimizers,
     cosine_schedule,
     fit,
-    load_config,
     make_trainer,
     train_config,
 )

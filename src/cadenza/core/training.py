@@ -1,21 +1,22 @@
-"""Lightning training harness shared by every model: config files, Trainer factory, resume, optimizers.
+"""Lightning training harness shared by every model: run config, Trainer factory, resume, optimizers.
 
 One `TrainConfig` drives a laptop run and a multi-node SLURM job alike:
 
-- `load_config(path, overrides, defaults)` reads YAML/JSON plus dotted `key=value` overrides;
+- `load_config(path, overrides, defaults)` (core.config) reads YAML/JSON plus dotted `key=value` overrides,
+  `train_config(section)` turns its `train` section into a `TrainConfig`;
 - `make_trainer(cfg, run_dir)` builds the Trainer: step checkpoints + `last.ckpt` in `run_dir/checkpoints`,
   CSV (and TensorBoard, if installed) logs in `run_dir/logs`, DDP with gloo on CPU, SLURM picked up;
 - `fit(module, datamodule, cfg, run_dir, resume)` seeds, sets threads and continues from `last.ckpt`;
+  `ResumableDataLoader` (core.data_loader) resumes an interrupted epoch where it stopped;
 - `configure_adamw` / `cosine_schedule` / `configure_optimizers` for `LightningModule.configure_optimizers`.
+
+The config reader and the data loader live in their own modules (neither needs Lightning) and are
+re-exported here, so `from cadenza.core.training import load_config, ResumableDataLoader` keeps working.
 """
 
 from __future__ import annotations
 
-import copy
-import difflib
 import importlib.util
-import itertools
-import json
 import math
 import os
 import random
@@ -23,7 +24,6 @@ import re
 import shutil
 import sys
 import warnings
-from collections.abc import Iterator, Sized
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,18 +31,19 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import yaml
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.strategies import DDPStrategy, Strategy
-from torch.utils.data import DataLoader, IterableDataset, RandomSampler
 
 from cadenza.core.checkpoint import ConfigError, config_from_dict
+from cadenza.core.config import load_config, parse_value
+from cadenza.core.data_loader import EpochRandomSampler, ResumableDataLoader
 
 __all__ = [
-    "ConfigError", "TrainConfig", "load_config", "train_config", "make_trainer", "fit", "last_checkpoint",
-    "StepCheckpoint", "ResumableDataLoader", "EpochRandomSampler", "cosine_schedule", "configure_adamw", "configure_optimizers",
+    "ConfigError", "TrainConfig", "load_config", "parse_value", "train_config", "config_dict", "make_trainer", "fit",
+    "last_checkpoint", "StepCheckpoint", "ResumableDataLoader", "EpochRandomSampler", "cosine_schedule",
+    "configure_adamw", "configure_optimizers",
 ]
 
 
@@ -75,82 +76,7 @@ class TrainConfig:
     threads: int | None = None  # torch.set_num_threads per process; None = leave as is
 
 
-# ----------------------------------------------------------------------------- config files
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `3e-4` as a string; read it as a float like every other config format does."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def parse_value(text: str) -> Any:
-    """A command-line value as YAML: `100` -> int, `3e-4` -> float, `true` -> bool, `[1, 2]` -> list."""
-    return yaml.load(text, Loader=_Loader)
-
-
-def _read_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_Loader)
-    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot parse config ({e})") from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of keys to values, got {type(data).__name__}")
-    return data
-
-
-def _unknown(key: str, known: dict, where: str) -> ConfigError:
-    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], [str(k) for k in known], n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(map(str, known)) or 'none'})"
-    return ConfigError(f"{where}: unknown key '{key}'{hint}")
-
-
-def _merge(base: dict, update: dict, where: str, strict: bool, prefix: str = "") -> None:
-    for key, value in update.items():
-        path = f"{prefix}{key}"
-        if strict and key not in base:
-            raise _unknown(path, base, where)
-        if isinstance(base.get(key), dict) and isinstance(value, dict):
-            _merge(base[key], value, where, strict, path + ".")
-        else:
-            base[key] = value
-
-
-def load_config(
-    path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), defaults: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Defaults, then a YAML/JSON file, then `a.b=value` overrides; a key not in the defaults (or file) is an error."""
-    config: dict[str, Any] = copy.deepcopy(defaults) if defaults is not None else {}
-    if path is not None:
-        _merge(config, _read_file(Path(path)), str(path), strict=defaults is not None)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"override '{item}': expected key=value, e.g. train.max_steps=100")
-        *parents, leaf = key.split(".")
-        node = config
-        for i, part in enumerate(parents):
-            if not isinstance(node.get(part), dict):
-                raise _unknown(".".join(parents[: i + 1]), node, f"override '{item}'")
-            node = node[part]
-        if leaf not in node:
-            raise _unknown(key, node, f"override '{item}'")
-        value = parse_value(text)
-        if isinstance(node[leaf], dict) and not isinstance(value, dict):
-            raise ConfigError(f"override '{item}': '{key}' is a section, set one of its keys instead")
-        node[leaf] = value
-    return config
+# ----------------------------------------------------------------------------- config
 
 
 def train_config(data: dict[str, Any] | None = None, **changes: Any) -> TrainConfig:
@@ -158,108 +84,7 @@ def train_config(data: dict[str, Any] | None = None, **changes: Any) -> TrainCon
     return config_from_dict(TrainConfig, {**(data or {}), **changes}, where="train")
 
 
-# ----------------------------------------------------------------------------- data
-
-
-class EpochRandomSampler(RandomSampler):
-    """A shuffle that depends only on (seed, epoch), so a resumed run replays the same order.
-
-    A plain `shuffle=True` draws from the global RNG, whose state a checkpoint does not bring back.
-    Subclassing RandomSampler lets Lightning see it as shuffled and swap in a DistributedSampler under DDP.
-    """
-
-    def __init__(self, data_source: Sized, seed: int | None = None) -> None:
-        super().__init__(data_source)
-        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of each epoch."""
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(len(self.data_source), generator=generator).tolist())
-
-
-class _SkipFirst:
-    """Batch indices without the first `n` batches: a resumed epoch skips what it already trained on.
-
-    `n` is read when iteration starts; the loader sets it only while creating the resumed epoch's iterator
-    (an iterator with persistent workers keeps this object and re-iterates it in later epochs).
-    """
-
-    def __init__(self, index_sampler: Any) -> None:
-        self.index_sampler, self.n = index_sampler, 0
-
-    def __iter__(self) -> Iterator[Any]:
-        return itertools.islice(iter(self.index_sampler), self.n, None)
-
-    def __len__(self) -> int:
-        return max(0, len(self.index_sampler) - self.n)
-
-
-class ResumableDataLoader(DataLoader):
-    """A map-style DataLoader that records its place in the epoch in Lightning checkpoints.
-
-    Plain DataLoaders restart the interrupted epoch from its first batch on resume (Lightning warns
-    "your dataloader is not resumable"); this one skips the batches already trained on, by index, without
-    loading them. `shuffle=True` uses `EpochRandomSampler`, so the order itself is reproducible too.
-    """
-
-    def __init__(
-        self, dataset: Any, batch_size: int | None = 1, shuffle: bool | None = None, *, seed: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if isinstance(dataset, IterableDataset):
-            raise TypeError("ResumableDataLoader needs a map-style dataset (an IterableDataset keeps its own state)")
-        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed
-        if shuffle and kwargs.get("sampler") is None and kwargs.get("batch_sampler") is None:
-            kwargs["sampler"] = EpochRandomSampler(dataset, self.seed)
-            shuffle = None
-        # Every new iterator draws a worker base seed; from a private generator, not the global RNG, so
-        # that restarting an epoch on resume leaves the global RNG (dropout, augmentation) where it was.
-        self._own_generator = kwargs.get("generator") is None
-        if self._own_generator:
-            kwargs["generator"] = torch.Generator()
-        super().__init__(dataset, batch_size=batch_size, shuffle=shuffle, **kwargs)
-        self._yielded = 0  # batches handed out in the current epoch
-        self._resume_skip = 0  # batches to skip at the next iteration (set by load_state_dict)
-        self._skipper = _SkipFirst(super()._index_sampler)
-
-    @property
-    def _index_sampler(self) -> Any:
-        return self._skipper if hasattr(self, "_skipper") else super()._index_sampler
-
-    def __len__(self) -> int:
-        return len(super()._index_sampler)  # always the full epoch, as Lightning's progress counters expect
-
-    def __iter__(self) -> Iterator[Any]:
-        skip, self._resume_skip = self._resume_skip, 0
-        if self._own_generator:
-            self.generator.manual_seed(self.seed + int(getattr(self.sampler, "epoch", 0)))
-        self._skipper.n = skip
-        try:
-            iterator = super().__iter__()
-        finally:
-            self._skipper.n = 0
-        self._yielded = skip
-        for batch in iterator:
-            self._yielded += 1
-            yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        """Batches of the current epoch already trained on, and the sampler's epoch."""
-        return {"yielded": self._yielded, "epoch": int(getattr(self.sampler, "epoch", 0))}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Skip the batches a checkpointed epoch had already trained on (none if it had finished)."""
-        yielded = int(state.get("yielded", 0))
-        self._resume_skip = yielded if yielded < len(self) else 0
-        # Lightning sets the epoch only after creating the iterator; worker processes would see the old one.
-        for sampler in (self.sampler, self.batch_sampler):
-            if callable(getattr(sampler, "set_epoch", None)):
-                sampler.set_epoch(int(state.get("epoch", 0)))
+# ----------------------------------------------------------------------------- trainer
 
 
 class _RngState(Callback):
@@ -277,9 +102,6 @@ class _RngState(Callback):
         random.setstate(state["python"])
         if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ----------------------------------------------------------------------------- trainer
 
 
 def _slurm_layout(cfg: TrainConfig) -> tuple[int, int]:

@@ -18,7 +18,9 @@ import lightning as L
 import torch
 
 from cadenza.core.checkpoint import half_state_dict
-from cadenza.core.training import ResumableDataLoader, TrainConfig, configure_optimizers, fit, load_config, train_config
+from cadenza.core.config import load_config
+from cadenza.core.data_loader import ResumableDataLoader
+from cadenza.core.training import TrainConfig, configure_optimizers, fit, train_config
 from cadenza.higgs_audio.codec.api import codec_fingerprint
 from cadenza.higgs_audio.collator import HiggsAudioSampleCollator
 from cadenza.higgs_audio.configuration import TOKENIZER_FILE, HiggsAudioConfig

@@ -24,7 +24,7 @@ from lightning import LightningDataModule
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from cadenza.core.training import ResumableDataLoader
+from cadenza.core.data_loader import ResumableDataLoader
 from cadenza.staria.cache import TokenCache
 from cadenza.staria.events import NO_SECTION, SEGMENT_MS
 from cadenza.staria.forms import FORM_LABEL_MAP, form_from_labels

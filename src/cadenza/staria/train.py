@@ -17,7 +17,8 @@ from typing import Any
 from cadenza.core.checkpoint import (
     CheckpointError, config_from_dict, export_lightning_checkpoint, load_pretrained, save_pretrained,
 )
-from cadenza.core.training import TrainConfig, fit, load_config, train_config
+from cadenza.core.config import load_config
+from cadenza.core.training import TrainConfig, fit, train_config
 from cadenza.staria.data import StariaDataModule
 from cadenza.staria.models import PRESETS, StariaConfig
 from cadenza.staria.tasks import TASKS

@@ -25,10 +25,9 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cadenza.core.checkpoint import CheckpointError, config_from_dict, export_lightning_checkpoint
-from cadenza.core.training import (
-    ConfigError, TrainConfig, configure_optimizers, cosine_schedule, fit, last_checkpoint, load_config, train_config,
-)
+from cadenza.core.checkpoint import CheckpointError, ConfigError, config_from_dict, export_lightning_checkpoint
+from cadenza.core.config import load_config
+from cadenza.core.training import TrainConfig, configure_optimizers, cosine_schedule, fit, last_checkpoint, train_config
 from cadenza.higgs_audio.codec.api import save_codec
 from cadenza.higgs_audio.codec.config import CodecConfig
 from cadenza.higgs_audio.codec.losses import CodecLoss
