@@ -217,9 +217,10 @@ def test_chat_completion_streams_pcm16_deltas(client):
     ({"input": "Hi.", "voice": "joe", "response_format": "aac"}, 400, "invalid_value"),
     ({"input": "Hi.", "voice": "joe", "speed": 10}, 400, "invalid_value"),
     (b"x" * (3 << 20), 413, "request_too_large"),
+    ((b"x" * (1 << 16) for _ in range(48)), 413, "request_too_large"),  # chunked: no Content-Length
 ])
 def test_bad_speech_requests_get_clear_4xx(url, body, status, code):
-    if isinstance(body, bytes):
+    if not isinstance(body, dict):
         response = httpx.post(f"{url}/v1/audio/speech", content=body, headers={"content-type": "application/json"})
     else:
         response = httpx.post(f"{url}/v1/audio/speech", json=body)

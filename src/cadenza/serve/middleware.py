@@ -76,12 +76,9 @@ class APIKeyMiddleware:
         return await self.app(scope, receive, send)
 
 
-class BodyTooLarge(Exception):
-    """A request body went past the size limit while it was read."""
-
-
 class BodyLimitMiddleware:
-    """413 for a request body over `max_bytes`: told by Content-Length up front, or counted as it streams in."""
+    """413 for a request body over `max_bytes`: told by Content-Length up front, or, for a chunked body, counted
+    as it is read here (at most `max_bytes` of it are held, then handed to the app)."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -89,27 +86,30 @@ class BodyLimitMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
         too_large = f"the request body is larger than {self.max_bytes} bytes"
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await _send_error(send, 413, too_large, "request_too_large")
-        received, started = 0, False
-
-        async def counted_receive():
-            nonlocal received
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > self.max_bytes:
+                return await _send_error(send, 413, too_large, "request_too_large")
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:
             message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise BodyTooLarge
-            return message
+            if message["type"] != "http.request":  # the client left before sending its body
+                return
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                return await _send_error(send, 413, too_large, "request_too_large")
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        replayed = False
 
-        async def tracked_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-        try:
-            await self.app(scope, counted_receive, tracked_send)
-        except BodyTooLarge:
-            if not started:
-                await _send_error(send, 413, too_large, "request_too_large")
+        await self.app(scope, replay, send)
