@@ -1,12 +1,13 @@
 """The `cadenza` command: one Typer app; each group (music, data, speech) is a sibling module with its own
-`app`, registered here. Music and data commands are functions their group module registers by name."""
+`app`, registered here. Every command is a function in a module of its group, which registers it by name;
+what the commands share (failing with a message, option checks) is in common.py."""
 
 from typing import Annotated
 
 import typer
 
 from cadenza import __version__
-from cadenza.cli import data, music, serve, speech, speech_generate  # noqa: F401  (speech_generate adds commands to speech)
+from cadenza.cli import data, music, serve, speech
 
 app = typer.Typer(
     help="cadenza: structure-aware music (Staria) and speech (Higgs Audio) generation.",

@@ -1,9 +1,9 @@
-"""What the `cadenza music` commands share: the stderr console, failing with a message, option checks,
-JSON reports.
+"""What the `cadenza` commands share: the stderr console, failing with a message, option checks, JSON reports.
 
 Exit status: 2 when the command line is wrong (an option out of range, options that conflict, an unknown
 form): typer prints the usage and the error naming the option. 1 when a well-formed command fails: an
-input file missing or not MIDI, a model that does not load, nothing evaluated.
+input file missing or not MIDI, a model that does not load, nothing evaluated. Neither prints a traceback:
+a command catches the errors its library call documents and hands their message to `fail`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 err = Console(stderr=True)
 
 
 def fail(message: str) -> NoReturn:
     """Print `error: message` on stderr and exit with status 1 (the work failed)."""
-    err.print(f"[red]error[/red] {message}", highlight=False)
+    # Escaped: a message may quote user text with [brackets]; unwrapped: it stays one greppable line.
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cadenza.cli.music_common import fail
+from cadenza.cli.common import fail
 
 
 def _print_summary(summary) -> None:

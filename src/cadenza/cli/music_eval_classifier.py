@@ -10,7 +10,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from cadenza.cli.music_common import err, fail, write_json
+from cadenza.cli.common import err, fail, write_json
 
 
 def eval_classifier(

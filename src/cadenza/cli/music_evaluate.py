@@ -10,7 +10,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from cadenza.cli.music_common import err, fail, form_option, write_json
+from cadenza.cli.common import err, fail, form_option, write_json
 
 
 def evaluate(
@@ -39,9 +39,9 @@ def evaluate(
     and --heldout, the generator's perplexity on held-out real pieces.
     """
     from cadenza.core.checkpoint import CheckpointError
-    from cadenza.staria.piece_eval import evaluate_dir, heldout_perplexity
     from cadenza.staria.generate import StariaGenerator
     from cadenza.staria.labeller import SectionLabeller
+    from cadenza.staria.piece_eval import evaluate_dir, heldout_perplexity
 
     if (model is None) != (heldout is None):
         raise typer.BadParameter("--model and --heldout go together")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cadenza.cli.music_common import (
+from cadenza.cli.common import (
     err, fail, form_option, output_dir_option, output_file_option, probability_option,
 )
 

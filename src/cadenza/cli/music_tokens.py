@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
-from cadenza.cli.music_common import err, fail
+from cadenza.cli.common import err, fail
 
 
 def tokenize(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cadenza.cli.music_common import err, fail
+from cadenza.cli.common import err, fail
 
 
 def train(

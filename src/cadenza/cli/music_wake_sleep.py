@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cadenza.cli.music_common import err, fail
+from cadenza.cli.common import err, fail
 
 
 def print_wake_report(report: dict, console: Console = err) -> None:

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from cadenza.cli.common import fail
+
 
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -39,8 +41,7 @@ def serve(
     try:
         app = create_app(config)
     except (FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
+        fail(str(exc))
     if app.state.cadenza.speech is None:
         typer.echo("no speech model: speech routes answer 503 (give --speech-model DIR)", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from cadenza.cli.common import fail
+
 
 def speech(
     out: Annotated[Path, typer.Argument(help="Corpus directory (created; an existing one is completed).")],
@@ -43,8 +45,7 @@ def speech(
         typer.echo(f"{out}: interrupted; the manifest lists the utterances synthesized so far", err=True)
         raise typer.Exit(130) from exc
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        fail(str(exc))
     typer.echo(
         f"{out}: {report.utterances} utterances, {report.hours:.2f} h, {report.speakers} speakers "
         f"({report.synthesized} synthesized, {report.skipped} already there, {len(report.failed)} failed) "
@@ -55,4 +56,4 @@ def speech(
         for failure in report.failed[:5]:
             typer.echo(f"  {failure['audio']}: {failure['error']}", err=True)
     if report.utterances == 0:
-        raise typer.Exit(1)
+        fail(f"{out}: no utterances")

@@ -1,4 +1,4 @@
-"""`cadenza speech generate` and `cadenza speech voices`: text to speech from the command line."""
+"""`cadenza speech generate`, `voices` and `eval`: text to speech from the command line, and how well it speaks."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from typing import Annotated
 
 import typer
 
-from cadenza.cli.speech import _fail, app
-
+from cadenza.cli.common import fail
 
 NO_SHIPPED_MODEL = ("no speech model is shipped yet: pass --model DIR, a model directory written by "
                     "`cadenza speech train` or `cadenza speech export`")
@@ -23,13 +22,13 @@ def _engine(model: Path | None, codec: Path | None):
 
     shipped = (SHIPPED_MODEL / "config.json").is_file()
     if model is None and not shipped:
-        _fail(NO_SHIPPED_MODEL)
+        fail(NO_SHIPPED_MODEL)
     if model is not None and not model.is_dir():
-        _fail(f"{model}: no such directory" + ("" if shipped else f"; {NO_SHIPPED_MODEL}"))
+        fail(f"{model}: no such directory" + ("" if shipped else f"; {NO_SHIPPED_MODEL}"))
     try:
         return HiggsAudioServeEngine(model, codec)
     except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _request(engine, transcript: str, voice: str | None, ref_audio: str | None, ref_text: str | None,
@@ -72,8 +71,7 @@ def _written(path: Path, audio, sampling_rate: int, finish_reason: str | None) -
     return line + (" (stopped at --max-new-tokens before the model finished)" if finish_reason == "length" else "")
 
 
-@app.command("generate")
-def generate_cmd(
+def generate(
     out: Annotated[Path | None, typer.Option(help="Output wav (single request).")] = None,
     transcript: Annotated[str | None, typer.Option(help="Text to speak, or a path to a text file. [SPEAKERn] tags make a dialogue.")] = None,
     voice: Annotated[str | None, typer.Option(help="Shipped voice preset(s), comma-separated per speaker (see `cadenza speech voices`).")] = None,
@@ -83,12 +81,12 @@ def generate_cmd(
     scene: Annotated[str | None, typer.Option(help="Scene description for the system prompt.")] = None,
     chunk_method: Annotated[str | None, typer.Option(help="Long form: 'word' (paragraphs/sentences) or 'speaker' (per turn).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same audio).")] = None,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
-    max_new_tokens: Annotated[int, typer.Option(help="Decode steps per chunk (25 audio frames = 1 s).")] = 1024,
+    temperature: Annotated[float, typer.Option(min=0, help="Sampling temperature.")] = 0.7,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Decode steps per chunk (25 audio frames = 1 s).")] = 1024,
     stream: Annotated[bool, typer.Option("--stream", help="Decode while generating; report time to first audio.")] = False,
     batch: Annotated[Path | None, typer.Option(help="JSONL requests {id, transcript, voice?, ref_audio?, ref_text?, seed?}.")] = None,
     out_dir: Annotated[Path | None, typer.Option(help="With --batch: where <id>.wav files go.")] = None,
-    batch_size: Annotated[int, typer.Option(help="With --batch: requests decoded together.")] = 16,
+    batch_size: Annotated[int, typer.Option(min=1, help="With --batch: requests decoded together.")] = 16,
     model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
     codec: Annotated[Path | None, typer.Option(help=CODEC_HELP)] = None,
 ) -> None:
@@ -97,13 +95,13 @@ def generate_cmd(
 
     if batch is not None:
         if out_dir is None:
-            _fail("--batch needs --out-dir")
+            fail("--batch needs --out-dir")
         _generate_batch(batch, out_dir, batch_size, model, codec, temperature, max_new_tokens)
         return
     if transcript is None or out is None:
-        _fail("give --transcript and --out (or --batch and --out-dir)")
+        fail("give --transcript and --out (or --batch and --out-dir)")
     if stream and chunk_method is not None:
-        _fail("--stream speaks the transcript in one piece; drop --chunk-method or --stream")
+        fail("--stream speaks the transcript in one piece; drop --chunk-method or --stream")
     if os.path.isfile(transcript):  # not Path.is_file: a long transcript raises "file name too long" there
         transcript = Path(transcript).read_text()
     engine = _engine(model, codec)
@@ -118,9 +116,9 @@ def generate_cmd(
             response = speak(engine, request)
             audio, finish_reason = response.audio, response.usage.get("finish_reason")
     except (ValueError, AudioError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if audio is None or len(audio) == 0:
-        _fail("the model produced no audio (try another --seed or a higher --max-new-tokens)")
+        fail("the model produced no audio (try another --seed or a higher --max-new-tokens)")
     _write(out, audio, engine.sampling_rate)
     typer.echo(_written(out, audio, engine.sampling_rate, finish_reason))
 
@@ -151,7 +149,7 @@ def _generate_batch(path: Path, out_dir: Path, batch_size: int, model, codec, te
     from cadenza.higgs_audio.speak import check_request, speak_batch
 
     if not path.is_file():
-        _fail(f"{path}: no such file")
+        fail(f"{path}: no such file")
     engine = _engine(model, codec)
     jobs, bad = [], 0
     for number, line in enumerate(path.read_text().splitlines(), 1):
@@ -181,25 +179,23 @@ def _generate_batch(path: Path, out_dir: Path, batch_size: int, model, codec, te
             typer.echo(_written(out_dir / f"{name}.wav", response.audio, engine.sampling_rate,
                                 response.usage.get("finish_reason")))
     if bad:
-        raise typer.Exit(1)
+        fail(f"{bad} request(s) of {path} skipped or without audio")
 
 
-@app.command("voices")
-def voices_cmd() -> None:
+def voices() -> None:
     """List the shipped voice presets (use with `cadenza speech generate --voice NAME`)."""
-    from cadenza.higgs_audio.speak import voices
+    from cadenza.higgs_audio.speak import voices as shipped_voices
 
-    for name, wav in voices().items():
+    for name, wav in shipped_voices().items():
         typer.echo(f"{name}\t{wav.with_suffix('.txt').read_text().strip()}")
 
 
-@app.command("eval")
-def eval_cmd(
+def evaluate(
     corpus: Annotated[Path, typer.Option(help="Speech corpus whose test split gives held-out sentences and speakers.")] = Path("data/speech"),
-    joe: Annotated[int, typer.Option(help="Held-out sentences in the joe voice.")] = 30,
-    per_voice: Annotated[int, typer.Option(help="Sentences per cloned voice (test-only speakers and Festival voices).")] = 4,
+    joe: Annotated[int, typer.Option(min=0, help="Held-out sentences in the joe voice.")] = 30,
+    per_voice: Annotated[int, typer.Option(min=0, help="Sentences per cloned voice (test-only speakers and Festival voices).")] = 4,
     festival: Annotated[bool, typer.Option(help="Also clone Festival voices (never trained on; needs text2wave).")] = True,
-    batch_size: Annotated[int, typer.Option(help="Requests generated together.")] = 8,
+    batch_size: Annotated[int, typer.Option(min=1, help="Requests generated together.")] = 8,
     out: Annotated[Path | None, typer.Option(help="JSON report.")] = None,
     model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
     codec: Annotated[Path | None, typer.Option(help=CODEC_HELP)] = None,
@@ -210,8 +206,8 @@ def eval_cmd(
     engine = _engine(model, codec)
     try:
         cases = build_cases(corpus, joe=joe, per_voice=per_voice, festival=festival)
-    except FileNotFoundError as exc:
-        _fail(str(exc))
+    except (FileNotFoundError, ValueError) as exc:  # no corpus, or a manifest line that is not JSON
+        fail(str(exc))
     report = evaluate_tts(engine, cases, batch_size=batch_size)
     typer.echo(format_report(report))
     if out is not None:

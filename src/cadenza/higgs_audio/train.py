@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from cadenza.core.checkpoint import half_state_dict
+from cadenza.core.checkpoint import CheckpointError, half_state_dict
 from cadenza.core.config import load_config
 from cadenza.core.data_loader import ResumableDataLoader
 from cadenza.core.training import TrainConfig, configure_optimizers, fit, train_config
@@ -201,9 +201,12 @@ def export(checkpoint: str | Path, out_dir: str | Path, codec: str | Path | None
     """Export a Lightning checkpoint of a `speech train` run (its tokenizer sits two levels up) trained on
     the codes of `codec` (None = the shipped audio tokenizer)."""
     checkpoint = Path(checkpoint)
-    module = SpeechLMModule.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=False)
+    try:  # our own run's resume state: hyper-parameters are plain dicts, the rest may be any object
+        module = SpeechLMModule.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=False)
+        step = int(torch.load(str(checkpoint), map_location="cpu", weights_only=False).get("global_step", -1))
+    except Exception as e:  # noqa: BLE001 - torch and Lightning raise many kinds for a corrupt or foreign file
+        raise CheckpointError(f"{checkpoint}: not a checkpoint of a speech LM run ({e})") from e
     tokenizer = TextTokenizer.load(checkpoint.parent.parent / TOKENIZER_FILE)
-    step = int(torch.load(str(checkpoint), map_location="cpu", weights_only=False).get("global_step", -1))
     return save_model(module.model, tokenizer, out_dir, step=step, codec=codec, half=half)
 
 
