@@ -78,6 +78,7 @@ def header_index(lines: list[str], name: str) -> int:
     return lines[0].split(",").index(name)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_on_cpu_through_the_cli(tiny_synth, tmp_path):
     run_dir = tmp_path / "run"
     args = overrides(tiny_synth, run_dir, train__max_steps=3, train__checkpoint_every_n_steps=2)

@@ -281,6 +281,7 @@ def test_make_trainer_precision_ddp_backend_and_slurm(tmp_path, monkeypatch):
     assert trainer.strategy.process_group_backend == "gloo"
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, __file__, "ddp", str(tmp_path)], env=env, capture_output=True,
