@@ -28,6 +28,7 @@ STEPS = 20  # decode steps per test request: 20 - 8 (delay) - 1 = 11 frames of 9
 SAMPLES = (STEPS - 9) * 960
 RATE = 24000
 SHORT = {"max_new_tokens": STEPS, "seed": 1}
+LONG = 3000  # decode steps of a request that must still be running a moment later
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def engine(tiny_speech_model) -> HiggsAudioServeEngine:
 
 @pytest.fixture(scope="module")
 def url(engine, tmp_path_factory):
-    config = ServerConfig(voices_dir=tmp_path_factory.mktemp("voices"), max_new_tokens=1000, max_body_bytes=2 << 20,
+    config = ServerConfig(voices_dir=tmp_path_factory.mktemp("voices"), max_new_tokens=LONG, max_body_bytes=2 << 20,
                           max_voice_bytes=1 << 20, max_voice_seconds=10.0, max_queue=8, max_batch=4)
     with serve_in_background(create_app(config, engine=engine)) as base:
         yield base
@@ -244,21 +245,26 @@ def test_bad_chat_requests_get_clear_4xx(url, body, code):
     _ok(url)
 
 
-def test_cancelled_stream_stops_decoding(url):
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_hangs_up_stops_its_decoding(url, stream):
     def audio_seconds() -> float:
         line = next(l for l in httpx.get(f"{url}/metrics").text.splitlines() if l.startswith("cadenza_audio_seconds_total"))
         return float(line.split()[1])
 
     before = audio_seconds()
-    body = {"input": "A long one.", "voice": "joe", "response_format": "pcm", "max_new_tokens": 1000}
-    with httpx.stream("POST", f"{url}/v1/audio/speech", json=body, timeout=60) as response:
-        next(response.iter_bytes())  # the first audio, then hang up
+    body = {"input": "A long one.", "voice": "joe", "response_format": "pcm", "max_new_tokens": LONG, "stream": stream}
+    if stream:
+        with httpx.stream("POST", f"{url}/v1/audio/speech", json=body, timeout=60) as response:
+            next(response.iter_bytes())  # the first audio, then hang up
+    else:
+        with pytest.raises(httpx.ReadTimeout):  # the whole answer would take far longer: give up
+            httpx.post(f"{url}/v1/audio/speech", json=body, timeout=httpx.Timeout(60, read=0.2))
     for _ in range(200):
         if httpx.get(f"{url}/health").json()["queue"]["speech"] == 0:
             break
         time.sleep(0.05)
     assert httpx.get(f"{url}/health").json()["queue"]["speech"] == 0
-    assert audio_seconds() - before < (1000 - 9) / 25 / 2  # stopped well before its 1000 steps
+    assert audio_seconds() - before < (LONG - 9) / 25 / 2  # stopped well before its last step
     _ok(url)
 
 
@@ -280,14 +286,14 @@ def test_burst_of_requests_gets_only_200_or_503(url):
 
 
 def test_api_key_and_timeout(engine, tmp_path):
-    app = create_app(ServerConfig(api_key="sesame", voices_dir=tmp_path, timeout=0.5), engine=engine)
+    app = create_app(ServerConfig(api_key="sesame", voices_dir=tmp_path, timeout=0.5, max_new_tokens=LONG), engine=engine)
     with serve_in_background(app) as base:
         assert httpx.get(f"{base}/health").status_code == 200
         _error(httpx.get(f"{base}/v1/models"), 401)
         _error(httpx.get(f"{base}/v1/models", headers={"authorization": "Bearer wrong"}), 401)
         keyed = openai.OpenAI(base_url=f"{base}/v1", api_key="sesame", max_retries=0)
         assert {m.id for m in keyed.models.list()} == {"higgs-audio", "staria"}
-        slow = {"input": "Too long to finish in half a second.", "voice": "joe", "max_new_tokens": 1000, "stream": False}
+        slow = {"input": "Too long to finish in half a second.", "voice": "joe", "max_new_tokens": LONG, "stream": False}
         response = httpx.post(f"{base}/v1/audio/speech", json=slow, headers={"x-api-key": "sesame"}, timeout=60)
         assert _error(response, 504)["code"] == "timeout"
 
