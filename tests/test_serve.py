@@ -46,7 +46,8 @@ def url(engine, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(url) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+    # Generous: on a loaded 2-core CI machine the first librosa time stretch alone took over a minute.
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)
 
 
 def _speech(client, fmt: str = "wav", **extra) -> bytes:
