@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from cadenza.core.checkpoint import config_from_dict, load_pretrained
-from cadenza.staria.data import StariaDataModule
+from cadenza.staria.datamodule import StariaDataModule
 from cadenza.staria.models import StariaConfig, StariaSeq2Seq
 from cadenza.staria.prompt import UNCONDITIONAL_LEN, section_spans
 from cadenza.staria.tasks import GrammarLoss

@@ -14,7 +14,7 @@ from cadenza.staria.prompt import UNCONDITIONAL_LEN, snippet_prompt, uncondition
 
 INFERENCE = ("cadenza.staria.generate", "cadenza.staria.labeller", "cadenza.staria.piece_eval",
              "cadenza.staria.classifier_eval", "cadenza.staria.prompt_following")
-TRAINING = ("lightning", "cadenza.staria.train", "cadenza.staria.tasks", "cadenza.staria.data",
+TRAINING = ("lightning", "cadenza.staria.train", "cadenza.staria.tasks", "cadenza.staria.datamodule",
             "cadenza.staria.wake_sleep", "cadenza.core.training")
 
 

@@ -1,4 +1,4 @@
-"""Staria's prompt format, the one encoder input that training (`data.GenerativeDataset`) and generation
+"""Staria's prompt format, the one encoder input that training (`datamodule.GenerativeDataset`) and generation
 (`generate.StariaGenerator`) both build:
 
     <PROMPT_START> [<FORM>] then per letter: <X_SECTION> + the first `snippet_len` tokens of its snippet,

@@ -19,7 +19,7 @@ from cadenza.core.checkpoint import (
 )
 from cadenza.core.config import load_config
 from cadenza.core.training import TrainConfig, fit, train_config
-from cadenza.staria.data import StariaDataModule
+from cadenza.staria.datamodule import StariaDataModule
 from cadenza.staria.models import PRESETS, StariaConfig
 from cadenza.staria.tasks import TASKS
 

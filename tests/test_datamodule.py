@@ -6,7 +6,7 @@ import torch
 
 from cadenza.staria import FORM_LABEL_MAP, StariaTokenizer
 from cadenza.staria.cache import TokenCache
-from cadenza.staria.data import (
+from cadenza.staria.datamodule import (
     ClassificationDataset, Collator, ContrastiveDataset, GenerativeDataset, Pieces, StariaDataModule,
 )
 from cadenza.staria.events import NO_SECTION
