@@ -23,6 +23,11 @@ depend on when a (possibly untrained) model would stop. Measured in one process,
   sampling; at `--batch` also without prefix sharing), ours with float32 weights, and baseline
   `previous`: the engine's former step, a `HiggsAudioModel.forward` per step with a growing attention
   mask, both heads and a per-row, per-codebook sampling loop.
+- (e) a batch of `--batch` streams (`engine.stream_prompts`, every request's audio as it becomes final) against
+  the same batch decoded whole, in wall seconds: a stream decodes its audio in chunks of `stream_chunk_frames`
+  (5) frames, those due at one step for all rows in one codec call, each chunk re-reading the codec's lookahead
+  on both sides. Baseline `one_frame_chunks`: stream_chunk_frames=1 (still one codec call per step for the
+  batch; the engine's stream before chunking made one call per row and step).
 
 Threads: on a machine whose other cores are busy (a training), use --threads 1; a second thread that has to
 share a busy core makes every matrix product wait for it (measured 5-10x slower).
@@ -41,6 +46,7 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -177,12 +183,13 @@ def our_steps(engine: HiggsAudioServeEngine, decoder: HiggsAudioDecoder, prompt:
     cfg = engine.config
     prompt = ChatMLDatasetSample(prompt.input_ids + [cfg.audio_out_bos_token_id], prompt.label_ids + [-100],
                                  prompt.audio_codes)
-    saved, engine.min_shared_prefix = engine.min_shared_prefix, engine.min_shared_prefix if share else 1 << 30
+    saved = engine.prefill.min_shared_prefix
+    engine.prefill.min_shared_prefix = saved if share else 1 << 30
     try:
         with torch.inference_mode():
             cache, attention, hidden, shared = engine.prefill([expand_sample(prompt, cfg)] * batch, steps)
     finally:
-        engine.min_shared_prefix = saved
+        engine.prefill.min_shared_prefix = saved
     settings = [GenerationSettings(temperature=0.7, top_p=0.95, seed=i) for i in range(batch)]
     sampler = BatchSampler(settings, [make_generator(i) for i in range(batch)], cfg.audio_num_codebooks,
                            cfg.audio_stream_bos_id, cfg.audio_stream_eos_id)
@@ -262,12 +269,12 @@ def main() -> None:
 
     def batch_of(size: int, share: bool = True):
         def run():
-            saved = engine.min_shared_prefix
-            engine.min_shared_prefix = saved if share else 1 << 30
+            saved = engine.prefill.min_shared_prefix
+            engine.prefill.min_shared_prefix = saved if share else 1 << 30
             try:
                 responses = speak_batch(engine, [request(i) for i in range(size)])
             finally:
-                engine.min_shared_prefix = saved
+                engine.prefill.min_shared_prefix = saved
             assert all(r.generated_audio_tokens.shape[1] == args.frames for r in responses)
             return responses
         return run
@@ -285,9 +292,26 @@ def main() -> None:
         """`fn` on an engine that has not read this voice's reference before (its prefix cache emptied)."""
         return lambda: engine.clear_prefix_cache() or fn()
 
+    def streamed(size: int, chunk_frames: int | None = None):
+        """A batch of `size` streams consumed to the end (their first audio asserted to come before it)."""
+        def run():
+            requests = [request(i) for i in range(size)]
+            prompts = [first_prompt(engine, r) for r in requests]
+            settings = [r.settings if chunk_frames is None else replace(r.settings, stream_chunk_frames=chunk_frames)
+                        for r in requests]
+            first, steps_done = None, 0
+            for steps_done, deltas in enumerate(engine.stream_prompts(prompts, settings), 1):
+                if first is None and any(d.audio is not None and len(d.audio) for d in deltas):
+                    first = steps_done
+            assert first is not None and first < steps_done
+            return first
+        return run
+
     unshared = f"batch_{args.batch}_no_prefix_sharing"
+    stream_b, stream_b1 = f"stream_batch_{args.batch}", f"stream_batch_{args.batch}_one_frame_chunks"
     runs = {"batch_1": batch_of(1), "batch_1_cold": cold(batch_of(1)), f"batch_{args.batch}": batch_of(args.batch),
-            unshared: batch_of(args.batch, False), "first_audio": first_audio, "first_audio_cold": cold(first_audio)}
+            unshared: batch_of(args.batch, False), "first_audio": first_audio, "first_audio_cold": cold(first_audio),
+            stream_b: streamed(args.batch), stream_b1: streamed(args.batch, 1)}
     batch_of(1)()  # warm-up
     first_audio()
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
@@ -338,6 +362,10 @@ def main() -> None:
         "first_audio_ms": round(first_ms, 1), "first_audio_steps": outputs["first_audio"][0],
         "prefill_ms": round(1000 * prefill_s, 1),
         "first_audio_cold_ms": round(first_cold_ms, 1), "prefill_cold_ms": round(1000 * prefill_cold_s, 1),
+        "stream_wall_s": {stream_b: round(median[stream_b], 3), stream_b1: round(median[stream_b1], 3),
+                          f"batch_{args.batch}_whole": round(median[f"batch_{args.batch}"], 3)},
+        "ratio_stream_over_whole": round(median[stream_b] / median[f"batch_{args.batch}"], 2),
+        "ratio_one_frame_chunks_over_stream": round(median[stream_b1] / median[stream_b], 2),
         "codec_lookahead_frames": engine.audio_tokenizer.lookahead_frames,
         "throughput_audio_s_per_s": {"batch_1": round(throughput_1, 3), f"batch_{args.batch}": round(throughput_b, 3),
                                      unshared: round(throughput_unshared, 3)},
@@ -372,6 +400,10 @@ def main() -> None:
          f"{throughput_b / throughput_1:.1f}x", f">= 10x (ceiling {median['batch_1'] / codec_seconds:.1f}x)"),
         ("  same, no prefix sharing", f"{throughput_unshared:.2f}", f"{throughput_1:.2f}", "batch 1",
          f"{throughput_unshared / throughput_1:.1f}x", f"(ceiling {ceiling:.1f}x)"),
+        (f"wall s, {args.batch} streams", f"{median[stream_b]:.2f}", f"{median[f'batch_{args.batch}']:.2f}",
+         f"batch {args.batch} decoded whole", f"{median[stream_b] / median[f'batch_{args.batch}']:.2f}x", ""),
+        ("  same, 1-frame chunks", f"{median[stream_b1]:.2f}", f"{median[stream_b]:.2f}", "5-frame chunks",
+         f"{median[stream_b1] / median[stream_b]:.2f}x", ""),
     ]
     for batch in (1, args.batch):
         row = step_ms[f"batch_{batch}"]

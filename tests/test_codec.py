@@ -147,6 +147,44 @@ def test_streaming_decoder_matches_whole(tok):
     assert stream.buffer.shape[1] <= 2 * tok.lookahead_frames + max(sizes)
 
 
+def test_streaming_decoder_returns_chunks_of_the_asked_size(tok):
+    codes = tok.encode(speechlike(2.0), sr=SR)
+    whole = tok.model.decode(codes[None])[0].numpy()
+    stream = tok.streaming_decoder(chunk_frames=5, first_chunk_frames=2)
+    parts = [stream.push(codes[:, t : t + 1]) for t in range(50)]
+    sizes = [len(p) // 960 for p in parts if len(p)]
+    assert [len(p) > 0 for p in parts].index(True) == tok.lookahead_frames + 1  # 2 frames with their lookahead
+    assert sizes == [2] + [5] * ((50 - tok.lookahead_frames - 2) // 5)
+    parts.append(stream.flush())
+    assert np.allclose(np.concatenate(parts), whole, atol=1e-5)
+    with pytest.raises(ValueError, match="at least one frame"):
+        tok.streaming_decoder(chunk_frames=0)
+
+
+def test_batch_streaming_decoder_matches_each_stream_whole(tok, monkeypatch):
+    """Streams of different lengths, codebook counts and chunk sizes; those due together with windows of one
+    length share a codec call, and each stream's audio equals its whole decode."""
+    streams = [tok.encode(speechlike(seconds, seed=k), sr=SR) for k, seconds in enumerate((2.0, 2.0, 1.2, 2.0))]
+    streams[3] = streams[3][:4]  # the first 4 codebooks only
+    chunks = [5, 5, 5, 3]
+    wholes = [tok.model.decode(c[None])[0].numpy() for c in streams]
+    batch = tok.batch_streaming_decoder(chunks, [1, 1, 1, None])
+    calls, decode = [], tok.model.decode
+    monkeypatch.setattr(tok.model, "decode", lambda codes: calls.append(tuple(codes.shape)) or decode(codes))
+    parts: list[list[np.ndarray]] = [[] for _ in streams]
+    for t in range(51):  # a frame per stream per push; a stream ends at the push after its last frame
+        new = [c[:, t : t + 1] if t < c.shape[1] else None for c in streams]
+        for part, audio in zip(parts, batch.push(new, [t == c.shape[1] for c in streams])):
+            if audio is not None:
+                part.append(audio)
+    for part, whole in zip(parts, wholes):
+        assert np.allclose(np.concatenate(part), whole, atol=1e-5)
+    assert (2, 8, 5 + 2 * tok.lookahead_frames) in calls  # streams 0 and 1 in one call
+    assert max(batch_size for batch_size, *_ in calls) == 3  # stream 2 too, while its windows match theirs
+    with pytest.raises(ValueError, match="pushes"):
+        batch.push([None])
+
+
 def test_chunked_encode_matches_whole(tok):
     x = torch.from_numpy(speechlike(4.0))[None]
     whole = tok.model.encode(x)

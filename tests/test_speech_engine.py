@@ -160,7 +160,7 @@ def test_a_voice_reference_is_read_once_across_requests(tmp_path, monkeypatch, b
     monkeypatch.setattr(engine.model, "forward", lambda **kw: prefilled.append(kw["input_ids"].shape[1]) or forward(**kw))
     warm = engine.generate_prompts([prompt], _settings(12, 4))[0]
     monkeypatch.undo()
-    assert len(engine._prefix_cache) == 1 and first.generated_audio_tokens.size
+    assert len(engine.prefill.cache) == 1 and first.generated_audio_tokens.size
     assert sum(prefilled) < len(expand_sample(prompt, engine.config)) - joe.codes.shape[1]
     fresh = HiggsAudioServeEngine(build_tiny_speech_model(tmp_path / "again"))
     cold = fresh.generate_prompts([_prompt(fresh, SENTENCES[2], {0: voice_reference(fresh, "joe")})], _settings(12, 4))[0]
@@ -229,16 +229,41 @@ def test_text_turns_into_audio_after_audio_out_bos(engine, monkeypatch):
 # ----------------------------------------------------------------------------------- streaming
 
 
-def test_stream_concatenates_to_the_generated_audio(engine, joe):
-    prompt, settings = _prompt(engine, SENTENCES[1], {0: joe}), _settings(40, 7)
+@pytest.mark.parametrize("chunk, first", [(5, 1), (1, 1), (4, 4), (7, 3)])
+def test_stream_concatenates_to_the_generated_audio(engine, joe, chunk, first):
+    prompt = _prompt(engine, SENTENCES[1], {0: joe})
+    settings = GenerationSettings(max_new_tokens=50, seed=7, stream_chunk_frames=chunk, stream_first_chunk_frames=first)
     whole = engine.generate_prompts([prompt], settings)[0]
     deltas = list(engine.stream_prompt(prompt, settings))
-    assert len(deltas) == 40 and deltas[-1].finish_reason == "length"
+    assert len(deltas) == 50 and deltas[-1].finish_reason == "length"
     with_audio = [i for i, d in enumerate(deltas) if d.audio is not None and len(d.audio)]
-    assert with_audio[0] < len(deltas) - 1  # audio before the end: the stream really streams
+    # audio before the end: the first as soon as `first` frames have the codec's lookahead behind them (the
+    # delay pattern holds the first frame back N_Q steps), then a chunk every `chunk` steps
+    lookahead, hop = engine.audio_tokenizer.lookahead_frames, engine.audio_tokenizer.hop_length
+    assert with_audio[0] == N_Q + lookahead + first - 1 < len(deltas) - 1
+    sizes = [len(deltas[i].audio) // hop for i in with_audio]
+    assert sizes[0] == first and set(sizes[1:-1]) <= {chunk} and np.diff(with_audio[:-1]).tolist() == [chunk] * (len(sizes) - 2)
     streamed = np.concatenate([deltas[i].audio for i in with_audio])
     assert streamed.shape == whole.audio.shape
     np.testing.assert_allclose(streamed, whole.audio, atol=1e-4)
+
+
+def test_a_batch_of_streams_decodes_its_due_chunks_in_one_codec_call(engine, joe, monkeypatch):
+    """Rows that advance in step have their chunks due together: one codec call per chunk for all of them,
+    and each row's audio still joins to its whole decode."""
+    prompts = [_prompt(engine, text, {0: joe}) for text in SENTENCES]
+    settings = [_settings(45, seed) for seed in range(3)]
+    wholes = engine.generate_prompts(prompts, settings)
+    codec, calls = engine.audio_tokenizer.model, []
+    decode = codec.decode
+    monkeypatch.setattr(codec, "decode", lambda codes: calls.append(codes.shape[0]) or decode(codes))
+    steps = list(engine.stream_prompts(prompts, settings))
+    monkeypatch.undo()
+    with_audio = [n for n, deltas in enumerate(steps) if any(d.audio is not None for d in deltas)]
+    assert calls == [3] * len(with_audio) and len(calls) < 45 // 4  # every call decodes all rows, ~1 in 5 steps
+    for i, whole in enumerate(wholes):
+        streamed = np.concatenate([deltas[i].audio for deltas in steps if deltas[i].audio is not None])
+        np.testing.assert_allclose(streamed, whole.audio, atol=1e-4)
 
 
 def test_stream_ending_on_eos_flushes_all_audio(engine, monkeypatch):

@@ -10,12 +10,14 @@ One decode step feeds one position per request: a text token, or one delayed fra
 (`delay.py`). Every request in a batch has its own KV-cache row (left padded), its own mode (text or
 audio), its own seeded random generator and its own repetition-aware sampling history, so a request
 gives the same result alone or in a batch (up to float rounding). Streamed deltas carry decoded audio:
-delayed frames are reverted incrementally and decoded chunk by chunk, and the chunks concatenate to
-exactly the audio of `generate` (the original streamed raw frames no client could decode, its #135).
+delayed frames are reverted incrementally and decoded chunk by chunk (the due chunks of a batch's rows in one
+codec call), and the chunks concatenate to the audio of `generate` (the original streamed raw frames no client
+could decode, its #135).
 
 Speed: the prompt is prefilled by `HiggsAudioModel.forward`. Prompts of a batch that begin alike (requests
 cloning one voice) share that prefix: computed once, read once per step. The prefix up to the end of the
-voice reference is also kept for later requests, so a voice's reference is read once, not per request.
+voice reference is also kept for later requests, so a voice's reference is read once, not per request
+(prefill.py).
 Every step after the prefill is a `HiggsAudioDecoder.step` (fast_decoder.py) into the same KV cache, and all
 rows are sampled together by a `BatchSampler` (sampler.py). A stream releases each frame with the column
 that completes it.
@@ -24,7 +26,6 @@ that completes it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,20 +40,20 @@ from cadenza.higgs_audio.codec.api import codec_fingerprint, load_audio_tokenize
 from cadenza.higgs_audio.configuration import TOKENIZER_FILE
 from cadenza.higgs_audio.delay import DelayReverter
 from cadenza.higgs_audio.fast_decoder import HiggsAudioDecoder
-from cadenza.higgs_audio.inputs import ExpandedSample, expand_sample, pad_inputs
-from cadenza.higgs_audio.modeling import HiggsAudioModel, KVCache
+from cadenza.higgs_audio.inputs import expand_sample
+from cadenza.higgs_audio.modeling import HiggsAudioModel
+from cadenza.higgs_audio.prefill import PrefixSharingPrefill
 from cadenza.higgs_audio.prompt import ChatMLDatasetSample, expanded_length
 from cadenza.higgs_audio.sampler import BatchSampler
 from cadenza.higgs_audio.text import TextTokenizer, sounding
 
 CODES_CACHE_SIZE = 64  # reference clips whose codes an engine keeps
-PREFIX_CACHE_SIZE = 8  # prompt prefixes up to their reference clips whose KV cache an engine keeps
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "pretrained" / "higgs_audio_small"
 
 
 @dataclass
 class GenerationSettings:
-    """Sampling knobs of one request (the original's `generate` arguments)."""
+    """Sampling knobs of one request (the original's `generate` arguments), and how a stream chunks its audio."""
 
     max_new_tokens: int = 1024
     temperature: float = 0.7
@@ -63,6 +64,10 @@ class GenerationSettings:
     ras_win_len: int = 7
     ras_win_max_num_repeat: int = 2
     seed: int | None = None
+    # A stream's audio comes in chunks of this many frames (25 a second). Each chunk's decode also reads the
+    # codec's lookahead (10 frames for the shipped one) on both sides: 1-frame chunks cost the codec ~4x more.
+    stream_chunk_frames: int = 5
+    stream_first_chunk_frames: int = 1  # a smaller first chunk: first audio as soon as a frame is final
 
 
 @dataclass
@@ -125,13 +130,13 @@ class HiggsAudioServeEngine:
         self.model = HiggsAudioModel.from_pretrained(model_path).to(self.device, dtype).eval()
         self.config = self.model.config
         self.decoder = HiggsAudioDecoder(self.model, weight_dtype=decode_weight_dtype)
-        self.min_shared_prefix = 64  # a batch's prompts sharing fewer first positions are prefilled apart
+        # prefill(expanded prompts, longest) -> (KV cache, mask, hidden, shared prefix): prefill.py
+        self.prefill = PrefixSharingPrefill(self.model, self.device)
         self.tokenizer = TextTokenizer.load(model_path / TOKENIZER_FILE)
         self.audio_tokenizer = load_audio_tokenizer(audio_tokenizer_path, device=device)
         _check_codec(self.config, audio_tokenizer_path)
         self.sampling_rate = self.audio_tokenizer.sampling_rate
         self._codes_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()  # reference clips, newest last
-        self._prefix_cache: OrderedDict[bytes, tuple[list, list]] = OrderedDict()  # prefixes' (keys, values)
         stops = ("<|eot_id|>", "<|end_of_text|>")
         self._stop_ids = {self.tokenizer.token_id(t) for t in stops}
 
@@ -187,15 +192,19 @@ class HiggsAudioServeEngine:
                        cancelled: Callable[[int], bool] | None = None) -> Iterator[list[HiggsAudioStreamerDelta]]:
         """A batched stream: after every decode step, a delta per prompt (an empty one once its row is done); a
         row's last delta has its finish reason and, in `response`, its codes, text and usage (not its audio: that
-        was streamed). A row for which `cancelled(i)` turns true stops at the next step ("cancelled")."""
+        was streamed). A row for which `cancelled(i)` turns true stops at the next step ("cancelled").
+        A row's audio comes every `stream_chunk_frames` frames of its settings; the chunks due at one step are
+        decoded together."""
         settings = _per_request(settings, len(prompts))
         # Eager: a frame is released by the column that completes it. The engine knows a stream's last
         # column (it carries the finish reason) and does not push it, so the frames are those of `generate`.
         reverters = [DelayReverter(self.config.audio_num_codebooks, eager=True) for _ in prompts]
-        decoders = [self.audio_tokenizer.streaming_decoder() for _ in prompts]
+        audio = self.audio_tokenizer.batch_streaming_decoder([s.stream_chunk_frames for s in settings],
+                                                            [s.stream_first_chunk_frames for s in settings])
         done = [False] * len(prompts)
         for rows, fed in self._decode(prompts, settings):
             deltas = [HiggsAudioStreamerDelta() for _ in rows]
+            frames: list[torch.Tensor | None] = [None] * len(rows)
             for i, (row, (kind, value), delta) in enumerate(zip(rows, fed, deltas)):
                 if done[i]:
                     continue
@@ -205,13 +214,12 @@ class HiggsAudioServeEngine:
                     delta.text = self.tokenizer.decode([value])
                 elif kind == "audio":
                     delta.audio_tokens = value.numpy()
-                    frames = reverters[i].push(value) if row.finish_reason is None else None
-                    if frames is not None and frames.shape[1]:
-                        delta.audio = decoders[i].push(self._clip(frames))
+                    frames[i] = self._clip(reverters[i].push(value)) if row.finish_reason is None else None
                 if row.finish_reason is not None:
                     done[i] = True
-                    delta.audio = decoders[i].flush()
                     delta.response = self._response(row, with_audio=False)
+            for delta, samples in zip(deltas, audio.push(frames, [d.finish_reason is not None for d in deltas])):
+                delta.audio = samples
             yield deltas
             for i, row in enumerate(rows):
                 if row.finish_reason is None and cancelled is not None and cancelled(i):
@@ -234,7 +242,7 @@ class HiggsAudioServeEngine:
 
     def clear_prefix_cache(self) -> None:
         """Forget the prompt prefixes kept across requests (the next request of every voice reads it anew)."""
-        self._prefix_cache.clear()
+        self.prefill.cache.clear()
 
     def audio_codes(self, content: AudioContent) -> np.ndarray:
         """Codes (n_q, T) of an audio content: a file path or base64 wav, cut to offset/duration if set."""
@@ -290,77 +298,6 @@ class HiggsAudioServeEngine:
                 return
             with torch.inference_mode():
                 hidden = self._feed(state, rows, fed, feed_codes, feed_ids, feed_spoken)
-
-    def prefill(self, expanded: list[ExpandedSample], longest: int) -> tuple[KVCache, torch.Tensor, torch.Tensor, int]:
-        """Run expanded prompts (`inputs.expand_sample`) through the model into a new KV cache with room for
-        `longest` more positions: (cache, attention mask, last hidden states (B, D), shared prefix length).
-
-        Prompts of a batch often begin alike (the same voice reference, system message and history): their
-        common prefix is computed once and copied to every row, then only the rest is run batched. The part
-        up to the end of the last reference clip is also kept across calls (`_prefix_kv`), so a voice's
-        next request starts from its reference already read.
-        """
-        cfg = self.config
-        reference = min(_reference_end(e) for e in expanded)
-        shared = self._common_prefix(expanded) if len(expanded) > 1 else reference
-        if shared < self.min_shared_prefix:
-            shared, rest = 0, expanded
-        else:
-            rest = [e.positions(slice(shared, None)) for e in expanded]
-        batch = pad_inputs(rest, cfg, pad_left=True, round_to=1)
-        suffix_mask = batch.pop("attention_mask").to(self.device)
-        inputs = {k: v.to(self.device) for k, v in batch.items() if "labels" not in k}
-        cache = KVCache(cfg, len(expanded), shared + suffix_mask.shape[1] + longest + 1, dtype=torch.float32,
-                        device=self.device)
-        if shared:
-            prefix_cache = self._prefix_kv(expanded[0], min(reference, shared), shared, list(inputs))
-            for keys, values, k, v in zip(cache.keys, cache.values, prefix_cache.keys, prefix_cache.values):
-                keys[:, :, :shared] = k
-                values[:, :, :shared] = v
-            cache.length = shared
-        ones = torch.ones(len(expanded), shared, dtype=suffix_mask.dtype, device=self.device)
-        attention = torch.cat([ones, suffix_mask], dim=1)
-        hidden = self.model(**inputs, attention_mask=attention, past_key_values=cache).hidden_states[:, -1]
-        return cache, attention, hidden.float(), shared
-
-    def _prefix_kv(self, prompt, kept: int, shared: int, input_names: list[str]) -> KVCache:
-        """The KV cache (batch 1) of `prompt`'s first `shared` positions. The first `kept` of them come from
-        the engine's cache of recent prefixes when they were computed before, else are computed and stored
-        there (at most PREFIX_CACHE_SIZE prefixes, least recently used dropped first)."""
-        def run(span: slice) -> None:
-            inputs = pad_inputs([prompt.positions(span)], self.config, pad_left=True, round_to=1)
-            self.model(**{k: v.to(self.device) for k, v in inputs.items() if k in input_names}, past_key_values=cache)
-
-        cache = KVCache(self.config, 1, shared, dtype=torch.float32, device=self.device)
-        key = kept and hashlib.sha1(b"".join(np.ascontiguousarray(getattr(prompt, name)[..., :kept]).tobytes()
-                                             for name in ("input_ids", "audio_codes", "audio_mask", "spoken_ids"))).digest()
-        if key in self._prefix_cache:
-            self._prefix_cache.move_to_end(key)
-            for keys, values, k, v in zip(cache.keys, cache.values, *self._prefix_cache[key]):
-                keys[:, :, :kept] = k
-                values[:, :, :kept] = v
-            cache.length = kept
-        elif kept:
-            run(slice(0, kept))
-            self._prefix_cache[key] = ([k[:, :, :kept].clone() for k in cache.keys],
-                                       [v[:, :, :kept].clone() for v in cache.values])
-            while len(self._prefix_cache) > PREFIX_CACHE_SIZE:
-                self._prefix_cache.popitem(last=False)
-        if shared > kept:
-            run(slice(kept, shared))
-        return cache
-
-    @staticmethod
-    def _common_prefix(expanded: list) -> int:
-        """Positions every prompt begins with, leaving each at least one of its own (0 for a single prompt)."""
-        if len(expanded) < 2:
-            return 0
-        first, limit = expanded[0], min(len(e) for e in expanded) - 1
-        same = np.ones(limit, dtype=bool)
-        for e in expanded[1:]:
-            same &= (e.input_ids[:limit] == first.input_ids[:limit]) & (e.audio_mask[:limit] == first.audio_mask[:limit])
-            same &= (e.audio_codes[:, :limit] == first.audio_codes[:, :limit]).all(axis=0)
-        return int(np.argmin(same)) if not same.all() else limit
 
     def _reading(self, input_ids: list[int]) -> list[int]:
         """The sounding tokens of the transcript a prompt asks to speak, for a model with a transcript pointer."""
@@ -480,12 +417,6 @@ def _check_codec(config, audio_tokenizer_path: str | Path | None) -> None:
         where = audio_tokenizer_path or "the shipped audio tokenizer"
         raise ValueError(f"this model learned the codes of audio tokenizer {expected}, but {where} is {found}; "
                          "pass the matching --codec")
-
-
-def _reference_end(prompt) -> int:
-    """Positions of an expanded prompt up to the end of its last audio (a voice reference); 0 without audio."""
-    audio = np.flatnonzero(prompt.audio_mask)
-    return min(int(audio[-1]) + 1, len(prompt) - 1) if len(audio) else 0
 
 
 def _per_request(settings, n: int) -> list[GenerationSettings]:

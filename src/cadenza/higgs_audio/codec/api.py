@@ -142,9 +142,15 @@ class AudioTokenizer:
         for audio in self.model.decode_chunks(codes[None], chunk_frames=chunk_frames):
             yield audio[0].float().cpu().numpy()
 
-    def streaming_decoder(self) -> "StreamingDecoder":
-        """An incremental decoder: push code frames as they are generated, get audio as soon as it is final."""
-        return StreamingDecoder(self)
+    def streaming_decoder(self, chunk_frames: int = 1, first_chunk_frames: int | None = None) -> "StreamingDecoder":
+        """An incremental decoder: push code frames as they are generated, get audio once `chunk_frames` of them
+        are final (the first `first_chunk_frames`, by default `chunk_frames`)."""
+        return StreamingDecoder(self, chunk_frames, first_chunk_frames)
+
+    def batch_streaming_decoder(self, chunk_frames: list[int], first_chunk_frames: list[int | None] | None = None
+                                ) -> "BatchStreamingDecoder":
+        """Streaming decoders of many streams (chunk sizes per stream) that decode in shared codec calls."""
+        return BatchStreamingDecoder(self, chunk_frames, first_chunk_frames)
 
     @property
     def lookahead_frames(self) -> int:
@@ -157,42 +163,110 @@ class AudioTokenizer:
 class StreamingDecoder:
     """Decode codes that arrive a few frames at a time; the audio equals `decode` of all of them.
 
-    `push(codes)` takes (k, n) new frames and returns the audio of every frame that now has
-    `lookahead_frames` frames after it; `flush()` returns the rest at the end of the stream.
-    Only the last 2 x lookahead frames of codes are kept.
+    `push(codes)` takes (k, n) new frames and returns the audio of the frames that now have
+    `lookahead_frames` frames after them, once there are `chunk_frames` of them (`first_chunk_frames` for
+    the stream's first audio), else an empty array; `flush()` returns the rest at the end of the stream.
+    Every decode re-reads `lookahead_frames` frames on each side of its chunk, so a chunk of c frames
+    costs a decode of c + 2 x lookahead frames: larger chunks waste less, smaller ones play sooner.
+    Only the last 2 x lookahead + chunk frames of codes are kept.
     """
 
-    def __init__(self, tokenizer: AudioTokenizer):
+    def __init__(self, tokenizer: AudioTokenizer, chunk_frames: int = 1, first_chunk_frames: int | None = None):
+        first_chunk_frames = chunk_frames if first_chunk_frames is None else first_chunk_frames
+        if chunk_frames < 1 or first_chunk_frames < 1:
+            raise ValueError(f"chunks must hold at least one frame, got {chunk_frames} (first {first_chunk_frames})")
         self.tok = tokenizer
         self.context = tokenizer.lookahead_frames
+        self.chunk_frames, self.first_chunk_frames = chunk_frames, first_chunk_frames
         self.buffer: torch.Tensor | None = None  # codes of frames [offset, offset + buffer length)
         self.offset = 0  # absolute index of buffer[:, 0]
         self.emitted = 0  # absolute index of the first frame not yet returned
 
     def push(self, codes: torch.Tensor | np.ndarray) -> np.ndarray:
-        """Add (k, n) code frames; return float32 audio now final (possibly empty)."""
-        codes = self.tok._check_codes(codes)
-        self.buffer = codes if self.buffer is None else torch.cat([self.buffer, codes], dim=1)
-        return self._emit(self.offset + self.buffer.shape[1] - self.context)
+        """Add (k, n) code frames; return float32 audio now due (possibly empty)."""
+        self.add(codes)
+        return self._decode(ended=False)
 
     def flush(self) -> np.ndarray:
         """Audio of the frames still held back (the stream has ended)."""
-        if self.buffer is None:
-            return np.zeros(0, np.float32)
-        return self._emit(self.offset + self.buffer.shape[1])
+        return self._decode(ended=True)
 
-    def _emit(self, until: int) -> np.ndarray:
-        hop = self.tok.hop_length
-        if until <= self.emitted:
-            return np.zeros(0, np.float32)
+    def add(self, codes: torch.Tensor | np.ndarray) -> None:
+        """Add (k, n) code frames without decoding anything (see `due`)."""
+        codes = self.tok._check_codes(codes)
+        self.buffer = codes if self.buffer is None else torch.cat([self.buffer, codes], dim=1)
+
+    def due(self, ended: bool = False) -> int | None:
+        """The end (absolute frame) of the audio to return now: every final frame once a chunk of them is
+        (all frames if the stream has `ended`); None while none is due."""
+        if self.buffer is None:
+            return None
+        known = self.offset + self.buffer.shape[1]
+        final = known if ended else known - self.context
+        chunk = self.first_chunk_frames if self.emitted == 0 else self.chunk_frames
+        if final <= self.emitted or (not ended and final - self.emitted < chunk):
+            return None
+        return final
+
+    def window(self, until: int) -> tuple[int, torch.Tensor]:
+        """(its first frame, the codes (k, n)) that decode frames [emitted, until) exactly."""
         lo = max(self.offset, self.emitted - self.context)
         hi = min(self.offset + self.buffer.shape[1], until + self.context)
-        audio = self.tok.model.decode(self.buffer[None, :, lo - self.offset : hi - self.offset])[0]
+        return lo, self.buffer[:, lo - self.offset : hi - self.offset]
+
+    def take(self, audio: torch.Tensor, lo: int, until: int) -> np.ndarray:
+        """Cut frames [emitted, until) from the decoded `window(until)` (samples from frame `lo` on); move on."""
+        hop = self.tok.hop_length
         out = audio[(self.emitted - lo) * hop : (until - lo) * hop].float().cpu().numpy()
         self.emitted = until
         keep_from = max(self.offset, self.emitted - self.context)
         self.buffer = self.buffer[:, keep_from - self.offset :]
         self.offset = keep_from
+        return out
+
+    def _decode(self, ended: bool) -> np.ndarray:
+        until = self.due(ended)
+        if until is None:
+            return np.zeros(0, np.float32)
+        lo, codes = self.window(until)
+        return self.take(self.tok.model.decode(codes[None])[0], lo, until)
+
+
+class BatchStreamingDecoder:
+    """Many streams (a batch's requests) decoded as they arrive, each exactly as its own `StreamingDecoder`.
+
+    `push(codes, ended)` adds each stream's new frames and ends the streams flagged; the streams with audio
+    due whose decode windows have the same length (the common case: a batch's streams advance in step) are
+    decoded in one codec call, which costs far less than one call each.
+    """
+
+    def __init__(self, tokenizer: AudioTokenizer, chunk_frames: list[int],
+                 first_chunk_frames: list[int | None] | None = None):
+        firsts = first_chunk_frames or [None] * len(chunk_frames)
+        if len(firsts) != len(chunk_frames):
+            raise ValueError(f"{len(firsts)} first chunk sizes for {len(chunk_frames)} streams")
+        self.tok = tokenizer
+        self.streams = [StreamingDecoder(tokenizer, c, f) for c, f in zip(chunk_frames, firsts)]
+
+    def push(self, codes: list[torch.Tensor | np.ndarray | None], ended: list[bool] | None = None
+             ) -> list[np.ndarray | None]:
+        """Add (k, n) frames to each stream (None or n = 0: none) and end the streams flagged in `ended`;
+        return each stream's float32 audio now due, None where none is."""
+        if len(codes) != len(self.streams) or (ended is not None and len(ended) != len(self.streams)):
+            raise ValueError(f"{len(codes)} pushes for {len(self.streams)} streams")
+        groups: dict[tuple[int, ...], list[tuple[int, int, int, torch.Tensor]]] = {}
+        for i, (stream, new) in enumerate(zip(self.streams, codes)):
+            if new is not None and new.shape[-1]:
+                stream.add(new)
+            until = stream.due(bool(ended and ended[i]))
+            if until is not None:
+                lo, window = stream.window(until)
+                groups.setdefault(tuple(window.shape), []).append((i, lo, until, window))
+        out: list[np.ndarray | None] = [None] * len(self.streams)
+        for members in groups.values():
+            audio = self.tok.model.decode(torch.stack([window for *_, window in members]))
+            for (i, lo, until, _), samples in zip(members, audio):
+                out[i] = self.streams[i].take(samples, lo, until)
         return out
 
 
@@ -210,4 +284,4 @@ def load_audio_tokenizer(path: str | Path | None = None, device: str = "cpu") ->
     return AudioTokenizer(load_codec(path), device=device)
 
 
-__all__ = ["AudioTokenizer", "StreamingDecoder", "AudioError", "load_audio_tokenizer", "codec_fingerprint", "save_codec", "load_codec", "SHIPPED_DIR"]
+__all__ = ["AudioTokenizer", "StreamingDecoder", "BatchStreamingDecoder", "AudioError", "load_audio_tokenizer", "codec_fingerprint", "save_codec", "load_codec", "SHIPPED_DIR"]
