@@ -29,6 +29,8 @@ SAMPLES = (STEPS - 9) * 960
 RATE = 24000
 SHORT = {"max_new_tokens": STEPS, "seed": 1}
 LONG = 3000  # decode steps of a request that must still be running a moment later
+# One client for the plain HTTP calls: httpx waits only 5 s by default, too short for a loaded CI machine.
+http = httpx.Client(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +81,7 @@ def _ab_midi() -> bytes:
 
 def _ok(url: str) -> None:
     """The server still answers a good request after a bad one."""
-    response = httpx.post(f"{url}/v1/audio/speech", json={"input": "Still here.", "voice": "slt", "response_format": "pcm",
+    response = http.post(f"{url}/v1/audio/speech", json={"input": "Still here.", "voice": "slt", "response_format": "pcm",
                                                         **SHORT}, timeout=60)
     assert response.status_code == 200 and len(response.content) == 2 * SAMPLES
 
@@ -93,9 +95,9 @@ def _error(response, status: int) -> dict:
 
 def test_models_health_and_metrics(url, client):
     assert {m.id for m in client.models.list()} == {"higgs-audio", "staria"}
-    assert httpx.get(f"{url}/health").json()["status"] == "ok"
+    assert http.get(f"{url}/health").json()["status"] == "ok"
     _speech(client, "pcm")
-    metrics = httpx.get(f"{url}/metrics").text
+    metrics = http.get(f"{url}/metrics").text
     for name in ("cadenza_requests_total", "cadenza_request_seconds", "cadenza_time_to_first_audio_seconds",
                  "cadenza_audio_seconds_total", 'cadenza_queue_depth{queue="speech"}'):
         assert name in metrics
@@ -124,7 +126,7 @@ def test_streamed_pcm_arrives_in_chunks_and_equals_the_whole(client):
 
 def test_sse_speech_events(url):
     body = {"input": "Hello there.", "voice": "joe", "response_format": "pcm", "stream_format": "sse", **SHORT}
-    with httpx.stream("POST", f"{url}/v1/audio/speech", json=body, timeout=60) as response:
+    with http.stream("POST", f"{url}/v1/audio/speech", json=body, timeout=60) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         events = [json.loads(line[5:]) for line in response.iter_lines() if line.startswith("data:")]
     deltas = [e for e in events if e["type"] == "speech.audio.delta"]
@@ -137,7 +139,7 @@ def test_long_text_is_spoken_to_the_end(url, engine):
     app = create_app(ServerConfig(chunk_words=4, max_new_tokens=STEPS), engine=engine)
     text = "One two three four. Five six seven eight. Nine ten eleven twelve."
     with serve_in_background(app) as base:
-        response = httpx.post(f"{base}/v1/audio/speech", json={"input": text, "voice": "joe", "response_format": "pcm"},
+        response = http.post(f"{base}/v1/audio/speech", json={"input": text, "voice": "joe", "response_format": "pcm"},
                               timeout=60)
     assert response.status_code == 200
     assert len(response.content) == 3 * 2 * SAMPLES  # three chunks of four words, each said
@@ -149,19 +151,19 @@ def test_speed_stretches_the_audio(client):
 
 
 def test_voices_upload_speak_delete(url, client):
-    names = {v["id"] for v in httpx.get(f"{url}/v1/audio/voices").json()["data"]}
+    names = {v["id"] for v in http.get(f"{url}/v1/audio/voices").json()["data"]}
     assert {"joe", "slt"} <= names
     files = {"file": ("me.wav", _clip(1.5, 16000), "audio/wav")}
-    response = httpx.post(f"{url}/v1/audio/voices", data={"name": "me_1", "transcript": "A short clip."}, files=files)
+    response = http.post(f"{url}/v1/audio/voices", data={"name": "me_1", "transcript": "A short clip."}, files=files)
     assert response.status_code == 201, response.text
     assert response.json()["type"] == "uploaded"
-    voices = httpx.get(f"{url}/v1/audio/voices").json()["data"]
+    voices = http.get(f"{url}/v1/audio/voices").json()["data"]
     assert {"id": "me_1", "name": "me_1", "object": "voice", "type": "uploaded", "transcript": "A short clip."} in voices
     audio = client.audio.speech.create(model="tts-1", voice="me_1", input="Hi.", response_format="pcm", extra_body=SHORT)
     assert len(audio.content) == 2 * SAMPLES
-    assert httpx.delete(f"{url}/v1/audio/voices/me_1").json()["deleted"] is True
-    _error(httpx.delete(f"{url}/v1/audio/voices/me_1"), 404)
-    _error(httpx.post(f"{url}/v1/audio/speech", json={"input": "Hi.", "voice": "me_1"}), 400)
+    assert http.delete(f"{url}/v1/audio/voices/me_1").json()["deleted"] is True
+    _error(http.delete(f"{url}/v1/audio/voices/me_1"), 404)
+    _error(http.post(f"{url}/v1/audio/speech", json={"input": "Hi.", "voice": "me_1"}), 400)
 
 
 @pytest.mark.parametrize("name, transcript, file, status, code", [
@@ -174,10 +176,10 @@ def test_voices_upload_speak_delete(url, client):
     ("x", "words", ("a.wav", b"RIFF" + bytes(1_100_000)), 413, "file_too_large"),
 ])
 def test_bad_voice_uploads_are_refused(url, name, transcript, file, status, code):
-    response = httpx.post(f"{url}/v1/audio/voices", data={"name": name, "transcript": transcript},
+    response = http.post(f"{url}/v1/audio/voices", data={"name": name, "transcript": transcript},
                           files={"file": (*file, "application/octet-stream")})
     assert _error(response, status)["code"] == code
-    assert "x" not in {v["id"] for v in httpx.get(f"{url}/v1/audio/voices").json()["data"]}
+    assert "x" not in {v["id"] for v in http.get(f"{url}/v1/audio/voices").json()["data"]}
 
 
 def test_chat_completion_clones_input_audio(client):
@@ -223,9 +225,9 @@ def test_chat_completion_streams_pcm16_deltas(client):
 ])
 def test_bad_speech_requests_get_clear_4xx(url, body, status, code):
     if not isinstance(body, dict):
-        response = httpx.post(f"{url}/v1/audio/speech", content=body, headers={"content-type": "application/json"})
+        response = http.post(f"{url}/v1/audio/speech", content=body, headers={"content-type": "application/json"})
     else:
-        response = httpx.post(f"{url}/v1/audio/speech", json=body)
+        response = http.post(f"{url}/v1/audio/speech", json=body)
     assert _error(response, status)["code"] == code
     _ok(url)
 
@@ -241,7 +243,7 @@ def test_bad_speech_requests_get_clear_4xx(url, body, status, code):
         {"role": "user", "content": "Hi."}]}, "invalid_audio"),
 ])
 def test_bad_chat_requests_get_clear_4xx(url, body, code):
-    response = httpx.post(f"{url}/v1/chat/completions", json={"model": "higgs-audio", **body})
+    response = http.post(f"{url}/v1/chat/completions", json={"model": "higgs-audio", **body})
     assert _error(response, 400)["code"] == code
     _ok(url)
 
@@ -249,22 +251,22 @@ def test_bad_chat_requests_get_clear_4xx(url, body, code):
 @pytest.mark.parametrize("stream", [True, False])
 def test_a_client_that_hangs_up_stops_its_decoding(url, stream):
     def audio_seconds() -> float:
-        line = next(l for l in httpx.get(f"{url}/metrics").text.splitlines() if l.startswith("cadenza_audio_seconds_total"))
+        line = next(l for l in http.get(f"{url}/metrics").text.splitlines() if l.startswith("cadenza_audio_seconds_total"))
         return float(line.split()[1])
 
     before = audio_seconds()
     body = {"input": "A long one.", "voice": "joe", "response_format": "pcm", "max_new_tokens": LONG, "stream": stream}
     if stream:
-        with httpx.stream("POST", f"{url}/v1/audio/speech", json=body, timeout=60) as response:
+        with http.stream("POST", f"{url}/v1/audio/speech", json=body, timeout=60) as response:
             next(response.iter_bytes())  # the first audio, then hang up
     else:
         with pytest.raises(httpx.ReadTimeout):  # the whole answer would take far longer: give up
-            httpx.post(f"{url}/v1/audio/speech", json=body, timeout=httpx.Timeout(60, read=0.2))
+            http.post(f"{url}/v1/audio/speech", json=body, timeout=httpx.Timeout(60, read=0.2))
     for _ in range(200):
-        if httpx.get(f"{url}/health").json()["queue"]["speech"] == 0:
+        if http.get(f"{url}/health").json()["queue"]["speech"] == 0:
             break
         time.sleep(0.05)
-    assert httpx.get(f"{url}/health").json()["queue"]["speech"] == 0
+    assert http.get(f"{url}/health").json()["queue"]["speech"] == 0
     assert audio_seconds() - before < (LONG - 9) / 25 / 2  # stopped well before its last step
     _ok(url)
 
@@ -289,27 +291,27 @@ def test_burst_of_requests_gets_only_200_or_503(url):
 def test_api_key_and_timeout(engine, tmp_path):
     app = create_app(ServerConfig(api_key="sesame", voices_dir=tmp_path, timeout=0.5, max_new_tokens=LONG), engine=engine)
     with serve_in_background(app) as base:
-        assert httpx.get(f"{base}/health").status_code == 200
-        _error(httpx.get(f"{base}/v1/models"), 401)
-        _error(httpx.get(f"{base}/v1/models", headers={"authorization": "Bearer wrong"}), 401)
+        assert http.get(f"{base}/health").status_code == 200
+        _error(http.get(f"{base}/v1/models"), 401)
+        _error(http.get(f"{base}/v1/models", headers={"authorization": "Bearer wrong"}), 401)
         keyed = openai.OpenAI(base_url=f"{base}/v1", api_key="sesame", max_retries=0)
         assert {m.id for m in keyed.models.list()} == {"higgs-audio", "staria"}
         slow = {"input": "Too long to finish in half a second.", "voice": "joe", "max_new_tokens": LONG, "stream": False}
-        response = httpx.post(f"{base}/v1/audio/speech", json=slow, headers={"x-api-key": "sesame"}, timeout=60)
+        response = http.post(f"{base}/v1/audio/speech", json=slow, headers={"x-api-key": "sesame"}, timeout=60)
         assert _error(response, 504)["code"] == "timeout"
 
 
 def test_no_speech_model_answers_503(tmp_path):
     with serve_in_background(create_app(ServerConfig(voices_dir=tmp_path))) as base:
-        response = httpx.post(f"{base}/v1/audio/speech", json={"input": "Hi.", "voice": "joe"})
+        response = http.post(f"{base}/v1/audio/speech", json={"input": "Hi.", "voice": "joe"})
         assert _error(response, 503)["code"] == "model_not_loaded"
-        assert {m["id"] for m in httpx.get(f"{base}/v1/models").json()["data"]} == {"staria"}
+        assert {m["id"] for m in http.get(f"{base}/v1/models").json()["data"]} == {"staria"}
 
 
 def test_music_generation_and_evaluation(url):
     body = {"form": "AB", "n": 1, "seed": 0, "max_tokens": 48, "prompt_midi_b64": base64.b64encode(_ab_midi()).decode(),
             "formats": ["mid", "wav", "png"]}
-    response = httpx.post(f"{url}/v1/music/generations", json=body, timeout=300)
+    response = http.post(f"{url}/v1/music/generations", json=body, timeout=300)
     assert response.status_code == 200, response.text
     piece = response.json()["data"][0]
     assert piece["sections"] == "AB" and piece["notes"] > 0
@@ -317,7 +319,7 @@ def test_music_generation_and_evaluation(url):
     assert sf.info(io.BytesIO(base64.b64decode(piece["wav_b64"]))).duration > 0
     midi = base64.b64decode(piece["midi_b64"])
     assert midi.startswith(b"MThd")
-    report = httpx.post(f"{url}/v1/music/evaluations", json={"midi_b64": piece["midi_b64"], "form": "AB"}, timeout=60)
+    report = http.post(f"{url}/v1/music/evaluations", json={"midi_b64": piece["midi_b64"], "form": "AB"}, timeout=60)
     assert report.status_code == 200, report.text
     assert report.json()["requested_form"] == "AB" and "statistics" in report.json()
 
@@ -330,5 +332,5 @@ def test_music_generation_and_evaluation(url):
     ("evaluations", {"midi_b64": base64.b64encode(b"MThd\x00\x00\x00\x06").decode()}, "invalid_midi"),
 ])
 def test_bad_music_requests_get_clear_4xx(url, route, body, code):
-    assert _error(httpx.post(f"{url}/v1/music/{route}", json=body), 400)["code"] == code
+    assert _error(http.post(f"{url}/v1/music/{route}", json=body), 400)["code"] == code
     _ok(url)
