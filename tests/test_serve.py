@@ -97,7 +97,12 @@ def test_models_health_and_metrics(url, client):
     assert {m.id for m in client.models.list()} == {"higgs-audio", "staria"}
     assert http.get(f"{url}/health").json()["status"] == "ok"
     _speech(client, "pcm")
-    metrics = http.get(f"{url}/metrics").text
+    # A streamed answer is counted once its last byte has gone out, which may be just after the client read it.
+    for _ in range(50):
+        metrics = http.get(f"{url}/metrics").text
+        if 'route="/v1/audio/speech",status="200"' in metrics:
+            break
+        time.sleep(0.1)
     for name in ("cadenza_requests_total", "cadenza_request_seconds", "cadenza_time_to_first_audio_seconds",
                  "cadenza_audio_seconds_total", 'cadenza_queue_depth{queue="speech"}'):
         assert name in metrics

@@ -296,6 +296,10 @@ def test_batched_streams_match_streams_alone_and_a_cancelled_one_stops(engine, j
     cancelled = list(engine.stream_prompts(prompts, settings, cancelled=lambda i: i == 1))
     assert [d.finish_reason for d in cancelled[1]] == [None, "cancelled"]
     assert len(cancelled) == 24 and cancelled[1][1].response.usage["completion_tokens"] == 1
+    # every row cancelled at once: the batch ends, and each row still gets its closing delta with its response
+    everyone = list(engine.stream_prompts(prompts, settings, cancelled=lambda i: True))
+    assert len(everyone) == 2 and [d.finish_reason for d in everyone[1]] == ["cancelled", "cancelled"]
+    assert all(d.response.usage["completion_tokens"] == 1 for d in everyone[1])
 
 
 def test_async_delta_stream(engine):

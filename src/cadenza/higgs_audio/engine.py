@@ -224,6 +224,12 @@ class HiggsAudioServeEngine:
             for i, row in enumerate(rows):
                 if row.finish_reason is None and cancelled is not None and cancelled(i):
                     row.finish_reason = "cancelled"
+        if not all(done):  # rows cancelled after the batch's last step still get their closing delta
+            deltas = [HiggsAudioStreamerDelta() for _ in rows]
+            for i, row in enumerate(rows):
+                if not done[i]:
+                    deltas[i].finish_reason, deltas[i].response = row.finish_reason, self._response(row, with_audio=False)
+            yield deltas
 
     # ------------------------------------------------------------------------- prompts
 
