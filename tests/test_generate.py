@@ -10,34 +10,66 @@ from cadenza.staria.models import PRESETS, StariaSeq2Seq
 from cadenza.staria.tokenizer import StariaTokenizer
 
 
-@pytest.fixture(scope="module")
-def model() -> StariaSeq2Seq:
+def _build(section_positions: bool) -> StariaSeq2Seq:
     torch.set_num_threads(1)  # decoding one token at a time: extra threads only add overhead
     torch.manual_seed(0)
-    model = StariaSeq2Seq(PRESETS["tiny"]).eval()
-    with torch.no_grad():  # non-trivial norm scales, so a wrong norm cannot hide behind gamma == 1
+    model = StariaSeq2Seq(PRESETS["tiny"].with_overrides(section_positions=section_positions)).eval()
+    with torch.no_grad():  # non-trivial norm scales and section positions (both start as no-ops)
         for name, param in model.named_parameters():
             if "gamma" in name:
                 param.uniform_(-0.5, 0.5)
+            if name.startswith("section_position."):
+                param.normal_(0, 0.5)
     return model
 
 
+@pytest.fixture(scope="module")
+def model() -> StariaSeq2Seq:
+    return _build(section_positions=False)
+
+
+@pytest.fixture(scope="module")
+def positioned_model() -> StariaSeq2Seq:
+    return _build(section_positions=True)
+
+
 @pytest.mark.parametrize("weight_dtype, tol", [(torch.float32, 1e-4), (torch.float16, 1e-2)])
-def test_cached_logits_match_uncached_forward(model, weight_dtype, tol):
+@pytest.mark.parametrize("section_positions", [False, True])
+def test_cached_logits_match_uncached_forward(model, positioned_model, section_positions, weight_dtype, tol):
+    model = positioned_model if section_positions else model
     vocab = model.cfg.vocab_size
+    sections = StariaTokenizer().section_ids
     prompt = torch.randint(0, vocab, (2, 30))
+    prompt[:, [2, 12]] = torch.as_tensor(sections[:2])
     prompt_mask = torch.ones_like(prompt, dtype=torch.bool)
     prompt_mask[1, 18:] = False
     tokens = torch.randint(0, vocab, (2, 40))
+    tokens[0, [1, 20, 31]] = torch.as_tensor(sections[[0, 1, 0]])  # sections start in the prefill and later
+    tokens[1, [27, 33]] = torch.as_tensor(sections[[2, 0]])
     with torch.no_grad():
         reference = model(prompt, prompt_mask, tokens)
         context = model.encode(prompt, prompt_mask)
-    fast = CachedDecoder(model.decoder, weight_dtype)
+    fast = CachedDecoder(model.decoder, weight_dtype, model.section_position)
     state = fast.start(context, prompt_mask, max_len=64)
     # A prefill of 25 tokens, then one token at a time.
     torch.testing.assert_close(fast.forward(tokens[:, :25], state), reference[:, 24], atol=tol, rtol=tol)
     for i in range(25, 40):
         torch.testing.assert_close(fast.forward(tokens[:, i:i + 1], state), reference[:, i], atol=tol, rtol=tol)
+
+
+def test_section_positions_align_a_snippet_with_its_section(positioned_model):
+    """The k-th token of A's snippet in the prompt and of section A in the piece get the same position."""
+    tok = StariaTokenizer()
+    snippets = _snippets(tok, "AB")
+    prompt = torch.as_tensor(StariaGenerator(positioned_model).prompt("ABA", snippets))[None]
+    piece = torch.as_tensor([tok.bos_id, tok.section_token_id("A"), *snippets["A"][:7]])[None]
+    position = positioned_model.section_position
+    prompt_letters, prompt_offsets = position.locate(prompt)
+    piece_letters, piece_offsets = position.locate(piece)
+    start = int((prompt[0] == tok.section_token_id("A")).nonzero()[0])
+    assert prompt_letters[0, start:start + 8].tolist() == piece_letters[0, 1:].tolist() == [1] * 8
+    assert prompt_offsets[0, start:start + 8].tolist() == piece_offsets[0, 1:].tolist() == list(range(8))
+    assert piece_letters[0, 0] == 0  # before any section token
 
 
 def _snippets(tok: StariaTokenizer, letters: str) -> dict[str, np.ndarray]:
@@ -52,9 +84,11 @@ def _snippets(tok: StariaTokenizer, letters: str) -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("form, repeat", [("ABA", "copy"), ("ABAC", "free"), ("AABB", "copy"), ("ABCA", "free")])
-def test_generation_follows_the_form_plan(model, form, repeat):
-    gen = StariaGenerator(model)
+@pytest.mark.parametrize("form, repeat, section_positions", [
+    ("ABA", "copy", False), ("ABAC", "free", False), ("AABB", "copy", False), ("ABCA", "free", False),
+    ("ABAC", "free", True)])
+def test_generation_follows_the_form_plan(model, positioned_model, form, repeat, section_positions):
+    gen = StariaGenerator(positioned_model if section_positions else model)
     prompt = gen.prompt(form, _snippets(gen.tok, "ABCD"))
     cfg = GenerationConfig(max_tokens=240, seed=3, cfg_scale=1.5, repeat=repeat)
     pieces = gen.generate_ids(form, [prompt, prompt, prompt], cfg)

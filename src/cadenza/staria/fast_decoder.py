@@ -32,6 +32,7 @@ from x_transformers.x_transformers import LayerNorm as XLayerNorm
 
 from cadenza.core.fast_decoder import attend as _attend
 from cadenza.core.fast_decoder import project as _project
+from cadenza.staria.models import SectionPosition
 
 
 @dataclass
@@ -60,10 +61,13 @@ class _FeedForward:
 
 
 class CachedDecoder:
-    """The weights of an x-transformers `TransformerWrapper(Decoder(cross_attend=True))` for fast decoding."""
+    """The weights of an x-transformers `TransformerWrapper(Decoder(cross_attend=True))` for fast decoding,
+    with the generator's `SectionPosition` embeddings if it has them (tracked per row as tokens are fed)."""
 
-    def __init__(self, decoder: TransformerWrapper, weight_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, decoder: TransformerWrapper, weight_dtype: torch.dtype = torch.float32,
+                 section_position: SectionPosition | None = None) -> None:
         layers = decoder.attn_layers
+        self.section_position = section_position
         if layers.rotary_pos_emb is None or not layers.causal:
             raise ValueError("CachedDecoder expects a causal x-transformers decoder with rotary positions")
         self.embedding = decoder.token_emb.emb.weight.detach()
@@ -127,7 +131,8 @@ class CachedDecoder:
         if not bool(context_mask.all()):
             bias = torch.zeros(context_mask.shape, dtype=context.dtype).masked_fill(~context_mask, float("-inf"))
             bias = bias[:, None, None, :].expand(batch, self.heads, 1, length).reshape(batch * self.heads, 1, length)
-        return DecodeState(cross, bias, cache_k, cache_v, cos, sin, self._pair_swap())
+        return DecodeState(cross, bias, cache_k, cache_v, cos, sin, self._pair_swap(),
+                           letter=torch.zeros(batch, dtype=torch.long), offset=torch.full((batch,), -1))
 
     def _pair_swap(self) -> torch.Tensor:
         """Feature order swapping each adjacent pair of the first rot_dim features (identity after)."""
@@ -161,6 +166,10 @@ class CachedDecoder:
         cos, sin = state.cos[start:end], state.sin[start:end]
         causal = _causal(start, n)
         h = F.embedding(tokens.reshape(-1), self.embedding)  # (batch * n, dim)
+        if self.section_position is not None:
+            letters, offsets = self.section_position.locate(tokens, state.letter, state.offset)
+            state.letter, state.offset = letters[:, -1], offsets[:, -1]
+            h = h + self.section_position.embed(letters, offsets).reshape(batch * n, -1)
         self_index = cross_index = 0
         for block in self.blocks:
             x = F.layer_norm(h, (self.dim,), weight=block.norm)
@@ -203,7 +212,8 @@ def _causal(start: int, n: int) -> torch.Tensor | None:
 
 @dataclass
 class DecodeState:
-    """Per-batch decoding state: cross-attention K/V, the self-attention KV cache, rotary tables."""
+    """Per-batch decoding state: cross-attention K/V, the self-attention KV cache, rotary tables, and the
+    section letter and offset of each row's last token (for section positions)."""
 
     cross: list[tuple[torch.Tensor, torch.Tensor]]
     context_bias: torch.Tensor | None
@@ -212,4 +222,6 @@ class DecodeState:
     cos: torch.Tensor
     sin: torch.Tensor
     pair_swap: torch.Tensor
+    letter: torch.Tensor
+    offset: torch.Tensor
     length: int = 0

@@ -39,6 +39,8 @@ class StariaConfig:
     # Classifier only: run the encoder over notes instead of tokens (`notes.NoteEmbedding`: intervals,
     # inter-onset times, durations; ~3x shorter sequences) and read its per-note letters per token.
     note_level: bool = False
+    # Generator only: add `SectionPosition` embeddings (letter, offset in the section) to prompt and piece.
+    section_positions: bool = False
 
     def with_overrides(self, **overrides) -> "StariaConfig":
         """A copy with some fields changed (unknown names are an error)."""
@@ -127,6 +129,54 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1) -> torch
     return F.cross_entropy(sim, targets)
 
 
+class SectionPosition(nn.Module):
+    """Where a token sits in its section: the section's letter and its distance from the section token.
+
+    Embedded and added to the token embeddings of the prompt and of the piece alike, so the k-th token of
+    section A in the piece and the k-th token of A's snippet in the prompt share a vector: cross-attention can
+    align a section with its snippet (and self-attention a repeat with its first occurrence) by position, which
+    a model otherwise has to discover from content alone (v0 had not, after 550 steps: issue 16). Offsets are
+    sinusoidal features, so nearby offsets look alike (a repeat rarely has exactly as many tokens). Both
+    projections start at zero: a model that gains this embedding computes what it computed before.
+    Tokens before the first section token get letter 0 and their position as offset.
+    """
+
+    def __init__(self, dim: int, max_offset: int = 1024, features: int = 64) -> None:
+        super().__init__()
+        self.max_offset = max_offset
+        self.register_buffer("section_ids", torch.as_tensor(StariaTokenizer().section_ids), persistent=False)
+        self.register_buffer("inv_freq", 1.0 / max_offset ** (torch.arange(0, features, 2) / features),
+                             persistent=False)
+        self.letter = nn.Embedding(N_SECTIONS + 1, dim)
+        self.offset = nn.Linear(features, dim, bias=False)
+        nn.init.zeros_(self.letter.weight)
+        nn.init.zeros_(self.offset.weight)
+
+    def locate(self, ids: torch.Tensor, letter: torch.Tensor | None = None,
+               offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(letter 0..4, offset) of each token of ids (batch, n), continuing from the letter and offset of
+        the token before ids (batch,) if given (incremental decoding), else from the start of a sequence."""
+        batch, n = ids.shape
+        if letter is None:
+            letter, offset = ids.new_zeros(batch), ids.new_full((batch,), -1)
+        index = torch.arange(n, device=ids.device).expand(batch, n)
+        is_section = torch.isin(ids, self.section_ids)
+        last = torch.where(is_section, index, -1).cummax(dim=1).values  # latest section token at or before
+        own = torch.searchsorted(self.section_ids, ids.clamp(min=0)) + 1
+        letters = torch.where(last >= 0, own.gather(1, last.clamp(min=0)), letter[:, None])
+        offsets = torch.where(last >= 0, index - last, offset[:, None] + 1 + index)
+        return letters, offsets
+
+    def embed(self, letters: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Embeddings (..., dim) of letters and offsets (offsets past max_offset share the last one)."""
+        angles = offsets.clamp(max=self.max_offset - 1).unsqueeze(-1).float() * self.inv_freq
+        return self.letter(letters) + self.offset(torch.cat([angles.sin(), angles.cos()], dim=-1))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Embeddings (batch, n, dim) of the tokens of ids (batch, n), each a whole sequence."""
+        return self.embed(*self.locate(ids))
+
+
 class StariaSeq2Seq(nn.Module):
     """Encoder over the prompt (section snippets), decoder cross-attending to all of it."""
 
@@ -144,6 +194,7 @@ class StariaSeq2Seq(nn.Module):
         )
         # Input and output embeddings share one table (one token table for encoder, decoder and head).
         self.decoder.to_logits.weight = self.decoder.token_emb.emb.weight
+        self.section_position = SectionPosition(cfg.dim) if cfg.section_positions else None
 
     @property
     def encoder(self) -> TransformerWrapper:
@@ -155,15 +206,24 @@ class StariaSeq2Seq(nn.Module):
         """The decoder (x-transformers TransformerWrapper, without its autoregressive wrapper)."""
         return self.model.decoder.net
 
+    def _positions(self, ids: torch.Tensor) -> torch.Tensor | None:
+        return self.section_position(ids) if self.section_position is not None else None
+
     def encode(self, prompt: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
         """Encoder states (batch, n_prompt, dim) of the prompt."""
-        return self.encoder(prompt, mask=prompt_mask, return_embeddings=True)
+        return self.encoder(prompt, mask=prompt_mask, return_embeddings=True, sum_embeds=self._positions(prompt))
+
+    def decode(self, decoder_input: torch.Tensor, decoder_mask: torch.Tensor | None, context: torch.Tensor,
+               context_mask: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (batch, n, dim) of the decoder (the output layer is `decoder.to_logits`)."""
+        return self.decoder(decoder_input, mask=decoder_mask, context=context, context_mask=context_mask,
+                            return_embeddings=True, sum_embeds=self._positions(decoder_input))
 
     def forward(self, prompt: torch.Tensor, prompt_mask: torch.Tensor, decoder_input: torch.Tensor,
                 decoder_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token logits (batch, n, vocab) for every decoder position."""
-        context = self.encode(prompt, prompt_mask)
-        return self.decoder(decoder_input, mask=decoder_mask, context=context, context_mask=prompt_mask)
+        hidden = self.decode(decoder_input, decoder_mask, self.encode(prompt, prompt_mask), prompt_mask)
+        return self.decoder.to_logits(hidden)
 
 
 class DecoderOnlyBaseline(nn.Module):

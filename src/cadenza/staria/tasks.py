@@ -203,10 +203,8 @@ class GeneratorTask(_Task):
         if stage == "train":
             prompt_mask = drop_prompts(prompt_mask, self.prompt_dropout)
         context = self.model.encode(batch["encoder_input"], prompt_mask)
-        decoder = self.model.decoder
-        hidden = decoder(batch["decoder_input"], mask=batch["decoder_mask"], context=context,
-                         context_mask=prompt_mask, return_embeddings=True)
-        loss = self.loss_fn(hidden, decoder.to_logits.weight, batch["decoder_input"], batch["target"])
+        hidden = self.model.decode(batch["decoder_input"], batch["decoder_mask"], context, prompt_mask)
+        loss = self.loss_fn(hidden, self.model.decoder.to_logits.weight, batch["decoder_input"], batch["target"])
         self._log(stage, {"loss": loss, "ppl": loss.detach().exp()}, hidden.shape[0])
         return loss
 

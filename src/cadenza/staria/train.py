@@ -61,13 +61,17 @@ def model_config(section: dict[str, Any]) -> StariaConfig:
 
 
 def init_weights(model: Any, directory: str | Path, task: str) -> None:
-    """Load the weights of an exported model directory into `model` (strict: the shapes must fit)."""
+    """Load the weights of an exported model directory into `model`. Strict (the shapes must fit), except
+    that a generator may gain section positions its source lacks: they start at zero (`SectionPosition`)."""
     state_dict, document = load_pretrained(directory, kind="StariaConfig")
     exported_task = document["extra"].get("task")
     if exported_task is not None and exported_task != task:
         raise CheckpointError(f"{directory}: holds a '{exported_task}' model; cannot initialise '{task}' from it")
     try:
-        model.load_state_dict(state_dict)
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        missing = [k for k in missing if not k.startswith("section_position.")]
+        if missing or unexpected:
+            raise RuntimeError(f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
     except RuntimeError as e:
         raise CheckpointError(f"{directory}: weights do not fit this {task} model ({e})") from e
 
