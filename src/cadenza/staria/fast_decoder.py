@@ -68,6 +68,10 @@ class CachedDecoder:
                  section_position: SectionPosition | None = None) -> None:
         layers = decoder.attn_layers
         self.section_position = section_position
+        if section_position is not None:  # single-token steps read a precomputed (letter, offset) table
+            self.section_table = section_position.table().detach()
+            self.letter_of = torch.zeros(decoder.token_emb.emb.weight.shape[0], dtype=torch.long)
+            self.letter_of[section_position.section_ids] = torch.arange(1, len(section_position.section_ids) + 1)
         if layers.rotary_pos_emb is None or not layers.causal:
             raise ValueError("CachedDecoder expects a causal x-transformers decoder with rotary positions")
         self.embedding = decoder.token_emb.emb.weight.detach()
@@ -157,6 +161,18 @@ class CachedDecoder:
         often allows only onsets or only durations: computing 500 logits instead of 25k)."""
         return F.linear(hidden, self.to_logits[rows])
 
+    def _section_positions(self, tokens: torch.Tensor, state: "DecodeState") -> torch.Tensor:
+        """Section position embeddings (batch * n, dim) of tokens, advancing each row's letter and offset."""
+        if tokens.shape[1] > 1:
+            letters, offsets = self.section_position.locate(tokens, state.letter, state.offset)
+            state.letter, state.offset = letters[:, -1], offsets[:, -1]
+            return self.section_position.embed(letters, offsets).flatten(0, 1)
+        letter = self.letter_of[tokens[:, 0]]
+        starts = letter > 0
+        state.letter = torch.where(starts, letter, state.letter)
+        state.offset = torch.where(starts, 0, state.offset + 1)
+        return self.section_table[state.letter, state.offset.clamp(max=self.section_table.shape[1] - 1)]
+
     @torch.inference_mode()
     def hidden(self, tokens: torch.Tensor, state: "DecodeState") -> torch.Tensor:
         """Final-norm hidden state (batch, dim) of the last of `tokens` (batch, n) fed at the next n positions."""
@@ -167,9 +183,7 @@ class CachedDecoder:
         causal = _causal(start, n)
         h = F.embedding(tokens.reshape(-1), self.embedding)  # (batch * n, dim)
         if self.section_position is not None:
-            letters, offsets = self.section_position.locate(tokens, state.letter, state.offset)
-            state.letter, state.offset = letters[:, -1], offsets[:, -1]
-            h = h + self.section_position.embed(letters, offsets).reshape(batch * n, -1)
+            h = h + self._section_positions(tokens, state)
         self_index = cross_index = 0
         for block in self.blocks:
             x = F.layer_norm(h, (self.dim,), weight=block.norm)

@@ -176,6 +176,12 @@ class SectionPosition(nn.Module):
         """Embeddings (batch, n, dim) of the tokens of ids (batch, n), each a whole sequence."""
         return self.embed(*self.locate(ids))
 
+    def table(self) -> torch.Tensor:
+        """Every embedding at once: (letters, max_offset, dim), for lookups while decoding."""
+        letters = torch.arange(N_SECTIONS + 1, device=self.inv_freq.device)
+        offsets = torch.arange(self.max_offset, device=self.inv_freq.device)
+        return self.embed(letters[:, None].expand(-1, self.max_offset), offsets.expand(len(letters), -1))
+
 
 class StariaSeq2Seq(nn.Module):
     """Encoder over the prompt (section snippets), decoder cross-attending to all of it."""
