@@ -342,3 +342,30 @@ def test_v3_phonetic_codebook_trains_with_ctc_from_a_plain_codec(tmp_path):
     assert tok.decode(tok.encode(speechlike(0.4), sr=SR)[:1]).shape[-1] == int(0.4 * SR)
     with pytest.raises(ValueError, match="semantic_codebook"):
         CodecModule(load_codec_config(TINY_CONFIG)["model"], {"ctc_weight": 1.0})
+
+
+def test_semantic_adapter_starts_as_a_no_op_and_keeps_chunked_encoding_exact(tmp_path):
+    """A v3 codec that gains an adapter for codebook 0 (`semantic_blocks`) encodes as before at step 0; once it
+    has learned something, chunked encoding still matches a whole pass (its reach counts the adapter)."""
+    from cadenza.higgs_audio.codec.phonemes import PHONEME_CLASSES
+    from cadenza.higgs_audio.codec.train import warm_start
+
+    v3 = ["model.semantic_codebook=true", "model.semantic_dim=8", f"model.n_phonemes={PHONEME_CLASSES}"]
+    torch.manual_seed(0)
+    plain = Codec(CodecConfig.from_dict(load_codec_config(TINY_CONFIG, v3)["model"]))
+    wav = torch.from_numpy(speechlike(4.0))[None]
+    plain.train()
+    with torch.no_grad():  # k-means init of every codebook
+        plain.quantizer.quantize_dropout = False
+        plain.quantize(plain.encoder(wav))
+    plain.eval()
+    adapted = Codec(CodecConfig.from_dict(load_codec_config(TINY_CONFIG, [*v3, "model.semantic_blocks=2"])["model"]))
+    warm_start(adapted, plain)
+    adapted.eval()
+    assert torch.equal(adapted.encode(wav), plain.encode(wav))
+    with torch.no_grad():
+        for param in adapted.semantic.adapter.parameters():
+            param.normal_(0, 0.3)
+    whole = adapted.encode(wav)
+    assert not torch.equal(whole[:, 0], plain.encode(wav)[:, 0])
+    assert (adapted.encode_chunked(wav, chunk_frames=20)[:, 0] == whole[:, 0]).float().mean() > 0.99  # codebook 0

@@ -38,6 +38,10 @@ class CodecConfig:
     # the transcript's phonemes; the other num_quantizers - 1 codebooks are a residual VQ of what it misses.
     semantic_codebook: bool = False
     semantic_dim: int = 64
+    # Codebook 0's own capacity to find phonemes whatever the voice: ConvNeXt blocks (width semantic_hidden)
+    # reading the latent, added to the linear projection (0 = the projection alone, as v3's first run).
+    semantic_blocks: int = 0
+    semantic_hidden: int = 256
     n_phonemes: int = 0  # CTC head classes (phoneme symbols + blank); 0 = no head
     # decoder
     dec_dim: int = 384

@@ -56,7 +56,8 @@ class Encoder(nn.Module):
     def reach_frames(cfg: CodecConfig) -> int:
         """Code frames of context on each side that make chunked encoding match a whole pass."""
         fine = ceil_div(cfg.mel_n_fft, 2 * cfg.fine_hop) + 3 + receptive_field_frames(7, cfg.enc_fine_blocks) + cfg.upsample
-        return ceil_div(fine, cfg.upsample) + receptive_field_frames(7, cfg.enc_blocks) + 1
+        semantic = receptive_field_frames(7, cfg.semantic_blocks) if cfg.semantic_codebook else 0
+        return ceil_div(fine, cfg.upsample) + receptive_field_frames(7, cfg.enc_blocks) + semantic + 1
 
 
 class Decoder(nn.Module):
@@ -90,12 +91,22 @@ class Decoder(nn.Module):
 class SemanticQuantizer(nn.Module):
     """Codebook 0 of a v3 codec: a VQ on a projection of the latent, with a CTC phoneme head on its output.
 
-    `proj_out` starts at zero, so a codec warm-started from a plain RVQ decodes exactly as before at step 0.
+    `proj_out` starts at zero, so a codec warm-started from a plain RVQ decodes exactly as before at step 0;
+    so does the adapter's output (`semantic_blocks`), so a codec that gains one quantizes as before at step 0.
     """
 
     def __init__(self, cfg: CodecConfig):
         super().__init__()
         self.proj_in = nn.Linear(cfg.latent_dim, cfg.semantic_dim)
+        self.adapter = None
+        if cfg.semantic_blocks:
+            out = nn.Conv1d(cfg.semantic_hidden, cfg.semantic_dim, 1)
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+            self.adapter = nn.Sequential(
+                nn.Conv1d(cfg.latent_dim, cfg.semantic_hidden, 1),
+                *[ConvNeXtBlock(cfg.semantic_hidden, 7, cfg.mlp_ratio) for _ in range(cfg.semantic_blocks)], out,
+            )
         self.vq = VectorQuantize(
             dim=cfg.semantic_dim, codebook_size=cfg.codebook_size, decay=cfg.ema_decay, kmeans_init=cfg.kmeans_init,
             kmeans_iters=cfg.kmeans_iters, threshold_ema_dead_code=cfg.threshold_ema_dead_code,
@@ -111,8 +122,15 @@ class SemanticQuantizer(nn.Module):
 
     def forward(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """latent (B, T, D) -> (its part in latent space, the quantized vectors, codes (B, T), commitment)."""
-        quantized, codes, commit = self.vq(self.proj_in(latent))
+        quantized, codes, commit = self.vq(self.project(latent))
         return self.proj_out(quantized), quantized, codes, commit.sum()
+
+    def project(self, latent: torch.Tensor) -> torch.Tensor:
+        """latent (B, T, D) -> what the VQ quantizes (B, T, semantic_dim)."""
+        z = self.proj_in(latent)
+        if self.adapter is not None:
+            z = z + self.adapter(latent.transpose(1, 2)).transpose(1, 2)
+        return z
 
     def from_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (B, T) -> their part in latent space (B, T, D)."""
