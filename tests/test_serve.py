@@ -24,7 +24,7 @@ from cadenza.serve import ServerConfig, create_app
 from cadenza.serve.background import serve_in_background
 from cadenza.serve.speech_engine import HiggsAudioServeEngine
 
-STEPS = 20  # decode steps per test request: 20 - 8 (delay) - 1 = 11 frames of 960 samples at 24 kHz
+STEPS = 29  # decode steps per test request: 29 - 8 (delay) - 1 = 20 frames of 960 samples at 24 kHz, 2 words
 SAMPLES = (STEPS - 9) * 960
 RATE = 24000
 SHORT = {"max_new_tokens": STEPS, "seed": 1}
@@ -141,13 +141,18 @@ def test_sse_speech_events(url):
 
 
 def test_long_text_is_spoken_to_the_end(url, engine):
-    app = create_app(ServerConfig(chunk_words=4, max_new_tokens=STEPS), engine=engine)
+    steps = 49  # 40 frames: 4 words at a reading pace
+    app = create_app(ServerConfig(chunk_words=4, max_new_tokens=steps), engine=engine)
     text = "One two three four. Five six seven eight. Nine ten eleven twelve."
     with serve_in_background(app) as base:
         response = http.post(f"{base}/v1/audio/speech", json={"input": text, "voice": "joe", "response_format": "pcm"},
                               timeout=60)
-    assert response.status_code == 200
-    assert len(response.content) == 3 * 2 * SAMPLES  # three chunks of four words, each said
+        assert response.status_code == 200
+        assert len(response.content) == 3 * 2 * (steps - 9) * 960  # three chunks of four words, each said
+        # fewer steps than chunk_words need: shorter chunks, never a cut (six of two words)
+        response = http.post(f"{base}/v1/audio/speech", json={"input": text, "voice": "joe", "response_format": "pcm",
+                                                               **SHORT}, timeout=60)
+        assert response.status_code == 200 and len(response.content) == 6 * 2 * SAMPLES
 
 
 def test_speed_stretches_the_audio(client):
@@ -191,12 +196,12 @@ def test_chat_completion_clones_input_audio(client):
     reference = base64.b64encode(_clip(1.0)).decode()
     messages = [{"role": "user", "content": "What the reference says."},
                 {"role": "assistant", "content": [{"type": "input_audio", "input_audio": {"data": reference, "format": "wav"}}]},
-                {"role": "user", "content": "Say this in that voice."}]
+                {"role": "user", "content": "Say this."}]
     completion = client.chat.completions.create(model="higgs-audio", modalities=["text", "audio"],
                                                 audio={"voice": "joe", "format": "wav"}, messages=messages,
                                                 extra_body={"max_completion_tokens": STEPS, "seed": 1})
     audio = completion.choices[0].message.audio
-    assert audio.transcript == "Say this in that voice."
+    assert audio.transcript == "Say this."
     wav, rate = sf.read(io.BytesIO(base64.b64decode(audio.data)))
     assert rate == RATE and len(wav) == SAMPLES
     assert completion.usage.completion_tokens == STEPS
@@ -225,6 +230,7 @@ def test_chat_completion_streams_pcm16_deltas(client):
     ({"input": "Hi.", "voice": "joe", "model": "tts-9"}, 404, "model_not_found"),
     ({"input": "Hi.", "voice": "joe", "response_format": "aac"}, 400, "invalid_value"),
     ({"input": "Hi.", "voice": "joe", "speed": 10}, 400, "invalid_value"),
+    ({"input": "Hi.", "voice": "joe", "max_new_tokens": 12}, 400, "input_cannot_be_said"),  # too few steps for a word
     (b"x" * (3 << 20), 413, "request_too_large"),
     ((b"x" * (1 << 16) for _ in range(48)), 413, "request_too_large"),  # chunked: no Content-Length
 ])
@@ -278,7 +284,7 @@ def test_a_client_that_hangs_up_stops_its_decoding(url, stream):
 
 def test_burst_of_requests_gets_only_200_or_503(url):
     """200 requests at once against a queue of 8: each is answered 200 or 503 (with Retry-After), never 500."""
-    body = {"input": "Burst.", "voice": "joe", "response_format": "pcm", "max_new_tokens": 12}
+    body = {"input": "Burst.", "voice": "joe", "response_format": "pcm", "max_new_tokens": STEPS}
 
     def post(_):
         response = http.post(f"{url}/v1/audio/speech", json=body)

@@ -33,8 +33,8 @@ def test_two_replicas_answer_speech_through_the_proxy(url):
     assert running_replicas() == 2
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
     with client.audio.speech.with_streaming_response.create(model="tts-1", voice="joe", input="Hello there.",
-                                                            response_format="pcm", extra_body={"max_new_tokens": 20}) as response:
+                                                            response_format="pcm", extra_body={"max_new_tokens": 29}) as response:
         chunks = list(response.iter_bytes(chunk_size=None))
-    assert len(chunks) > 1 and sum(map(len, chunks)) == 2 * 11 * 960
+    assert len(chunks) > 1 and sum(map(len, chunks)) == 2 * 20 * 960  # 29 steps: 20 frames, 2 words
     error = httpx.post(f"{url}/v1/audio/speech", json={"input": "Hi.", "voice": "nobody"}, timeout=60)
     assert error.status_code == 400 and error.json()["error"]["code"] == "voice_not_found"

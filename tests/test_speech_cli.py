@@ -14,8 +14,9 @@ from cadenza.higgs_audio.engine import SHIPPED_MODEL
 runner = CliRunner()
 
 
-def _generate(model, *args):
-    return runner.invoke(app, ["speech", "generate", "--model", str(model), "--max-new-tokens", "20", *args])
+def _generate(model, *args, steps: int = 29):
+    """`cadenza speech generate` with `steps` decode steps: 29 = 20 frames, enough for 2 words at a reading pace."""
+    return runner.invoke(app, ["speech", "generate", "--model", str(model), "--max-new-tokens", str(steps), *args])
 
 
 def test_voices_lists_the_shipped_presets():
@@ -31,9 +32,10 @@ def test_generate_writes_a_24k_wav(tiny_speech_model, tmp_path):
     out = tmp_path / "hello.wav"
     result = _generate(tiny_speech_model, "--transcript", "Hello there.", "--voice", "joe", "--out", str(out), "--seed", "1")
     assert result.exit_code == 0, result.output
+    assert "stopped at --max-new-tokens before the model finished" in result.output  # a random model never stops
     info = sf.info(out)
     assert info.samplerate == 24000 and info.channels == 1
-    assert info.frames == (20 - 8 - 1) * 960  # 20 decode steps: 11 frames of the shipped codec's hop
+    assert info.frames == (29 - 8 - 1) * 960  # 29 decode steps: 20 frames of the shipped codec's hop
     again = tmp_path / "again.wav"
     assert _generate(tiny_speech_model, "--transcript", "Hello there.", "--voice", "joe", "--out", str(again), "--seed", "1").exit_code == 0
     assert again.read_bytes() == out.read_bytes()
@@ -91,14 +93,23 @@ def test_missing_model_is_a_clear_error(tmp_path):
         assert result.exit_code == 1 and "no speech model is shipped yet: pass --model DIR" in result.output
 
 
-def test_a_transcript_longer_than_the_context_is_refused_and_a_cut_is_reported(build_tiny_speech_model, tmp_path):
-    model = build_tiny_speech_model(tmp_path / "model", max_position_embeddings=200)
-    out = tmp_path / "long.wav"
-    result = _generate(model, "--transcript", "The cat sat on the mat. " * 10, "--out", str(out))
-    assert result.exit_code == 1 and not out.exists()
-    assert "(239 characters) is too long" in result.output and "context of 200" in result.output
-    result = _generate(model, "--transcript", "The cat sat on the mat.", "--out", str(out))
-    assert result.exit_code == 0 and "stopped at --max-new-tokens before the model finished" in result.output
+def test_a_transcript_too_long_for_one_piece_is_said_in_chunks_or_refused(tiny_speech_model, build_tiny_speech_model,
+                                                                          tmp_path):
+    """60 words cannot be said in 49 decode steps (1.6 s): they are said in chunks of 4 words, not cut to 1.6 s;
+    a stream, which says its text in one piece, and a model whose context cannot hold the steps are refused."""
+    text, out = "The cat sat on the mat. " * 10, tmp_path / "long.wav"
+    result = _generate(tiny_speech_model, "--transcript", text, "--out", str(out), "--seed", "3", steps=49)
+    assert result.exit_code == 0, result.output
+    assert f"{out}: " in result.output and " in 20 chunks" in result.output  # each 6-word sentence in two
+    assert sf.info(out).frames > 10 * (49 - 8 - 1) * 960
+    result = _generate(tiny_speech_model, "--transcript", text, "--out", str(tmp_path / "s.wav"), "--stream", steps=49)
+    assert result.exit_code == 1 and not (tmp_path / "s.wav").exists()
+    assert "(239 characters, 60 words) cannot be streamed in one piece" in result.output
+    assert "give at least 609, or say it without streaming" in result.output
+    small = build_tiny_speech_model(tmp_path / "model", max_position_embeddings=200)
+    result = _generate(small, "--transcript", text, "--out", str(out), steps=100)
+    assert result.exit_code == 1
+    assert "context of 200: give a lower max_new_tokens" in result.output
 
 
 def test_batch_skips_and_reports_bad_lines(tiny_speech_model, tmp_path):
@@ -145,3 +156,20 @@ def test_codec_commands_take_codec_and_still_read_the_old_model_spelling(tmp_pat
         assert result.exit_code == 1 and "nowhere: not a codec directory" in result.output
     help_text = runner.invoke(app, ["speech", "encode-corpus", "--help"]).output
     assert "--codec" in help_text and "--model" not in help_text
+
+
+def test_a_missing_speech_model_is_never_called_the_shipped_one(tmp_path):
+    """Until a speech model ships, the --model / --speech-model helps say so, and a missing directory is named
+    as missing (not as "not a model directory")."""
+    import typer.main
+
+    commands = typer.main.get_command(app).commands
+    speech = commands["speech"].commands
+    options = [(commands["serve"], "speech_model"), (speech["generate"], "model"), (speech["eval"], "model")]
+    for command, name in options:
+        help_text = next(p.help for p in command.params if p.name == name)
+        assert "no speech model is shipped yet" in help_text and "the shipped one" not in help_text, help_text
+    missing = tmp_path / "nowhere"
+    result = runner.invoke(app, ["serve", "--speech-model", str(missing), "--voices-dir", str(tmp_path)])
+    assert result.exit_code == 1 and f"{missing}: no such directory" in result.output
+    assert "not a Higgs Audio model directory" not in result.output

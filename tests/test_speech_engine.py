@@ -15,8 +15,9 @@ from cadenza.higgs_audio.delay import build_delay_pattern
 from cadenza.higgs_audio.engine import GenerationSettings, HiggsAudioServeEngine
 from cadenza.higgs_audio.inputs import expand_sample
 from cadenza.higgs_audio.prompt import expanded_length, system_message
-from cadenza.higgs_audio.speak import (VOICES_DIR, Chunk, Reference, SpeechRequest, conversation, first_prompt, plan_chunks,
-                                       speak, speak_batch, speak_stream, voice_reference)
+from cadenza.higgs_audio.speak import (VOICES_DIR, Chunk, Reference, Speech, SpeechRequest, conversation, first_prompt,
+                                       plan_chunks, speak, speak_batch, speak_stream, speakable_words, steps_to_say,
+                                       voice_reference)
 from cadenza.higgs_audio.text import SILENT_SYMBOLS, TextTokenizer
 from cadenza.higgs_audio.tts_eval import CaseResult, aggregate, format_report
 
@@ -374,7 +375,7 @@ class _Recorder:
 def test_speaker_without_reference_keeps_its_first_turn_as_voice(engine, joe, monkeypatch):
     rec = _Recorder(engine, monkeypatch)
     request = SpeechRequest("[SPEAKER0] Hello there. [SPEAKER1] How are you? [SPEAKER1] It is fine.", {0: joe},
-                            chunk_method="speaker", settings=_settings(24, 1))
+                            chunk_method="speaker", settings=_settings(39, 1))  # 3 words a turn
     response = speak(engine, request)
     assert len(rec.prompts) == 3 and list(request.references) == [0]  # the caller's request is left alone
     first_turn_of_1 = rec.responses[1].generated_audio_tokens
@@ -388,29 +389,29 @@ def test_speaker_without_reference_keeps_its_first_turn_as_voice(engine, joe, mo
 def test_voice_picked_for_speaker1_is_labelled_speaker1(engine, monkeypatch):
     rec = _Recorder(engine, monkeypatch)
     speak(engine, SpeechRequest("[SPEAKER1] Hello there. [SPEAKER0] How are you?", chunk_method="speaker",
-                                settings=_settings(20, 1)))
+                                settings=_settings(39, 1)))
     system = _turns(engine.tokenizer, rec.prompts[1].input_ids)[0][1]
     assert "SPEAKER1: <|audio_bos|>" in system
 
 
 def test_speak_batch_gives_each_request_what_speak_gives_it(engine, joe):
     """Requests of a batch, one of them long form, are said as each is alone (chunks in step, seeds per chunk)."""
-    requests = [SpeechRequest(SENTENCES[0], {0: joe}, settings=_settings(20, 1)),
-                SpeechRequest(" ".join(SENTENCES), chunk_method="word", chunk_max_word_num=6, settings=_settings(16, 2)),
+    requests = [SpeechRequest(SENTENCES[0], {0: joe}, settings=_settings(29, 1)),
+                SpeechRequest(" ".join(SENTENCES), chunk_method="word", chunk_max_word_num=6, settings=_settings(69, 2)),
                 SpeechRequest("[SPEAKER0] Hello there. [SPEAKER1] How are you?", chunk_method="speaker",
-                              settings=_settings(14, 3))]
+                              settings=_settings(39, 3))]
     batched = speak_batch(engine, requests)
     for request, b in zip(requests, batched):
         alone = speak(engine, request)
         np.testing.assert_array_equal(alone.generated_audio_tokens, b.generated_audio_tokens)
         np.testing.assert_allclose(alone.audio, b.audio, atol=1e-4)
-    assert batched[1].generated_audio_tokens.shape[1] == 3 * (16 - N_Q - 1)
+    assert batched[1].generated_audio_tokens.shape[1] == 4 * (69 - N_Q - 1)  # the 11-word sentence in two
     with pytest.raises(ValueError, match="empty"):
         speak_batch(engine, [requests[0], SpeechRequest(" ")])
 
 
 def test_speak_stream_joins_to_what_speak_says(engine, joe):
-    request = SpeechRequest(SENTENCES[1], {0: joe}, settings=_settings(30, 5))
+    request = SpeechRequest(SENTENCES[1], {0: joe}, settings=_settings(69, 5))  # 6 words
     deltas = list(speak_stream(engine, request))
     assert deltas[-1].finish_reason == "length"
     streamed = np.concatenate([d.audio for d in deltas if d.audio is not None])
@@ -422,15 +423,16 @@ def test_speak_stream_joins_to_what_speak_says(engine, joe):
 # ----------------------------------------------------------------------------------- long form
 
 
-def test_word_chunks_respect_the_limit_and_keep_sentences_whole():
-    sentences = ["One two three.", "Four five six seven!", "Eight nine?",
-                 "This sentence has far more than eight words in it, so it stands alone."]
-    text = " ".join(sentences[:3]) + "\n\n" + sentences[3] + " Ten eleven."
+def test_word_chunks_respect_the_limit_and_cut_only_long_sentences():
+    """Sentences are packed whole; one longer than the limit is cut after its commas, and between words only
+    where a clause is still longer."""
+    text = ("One two three. Four five six seven! Eight nine?\n\nA sentence of ten words, cut only at its comma. "
+            "Ten eleven.\n\nWith no comma at all these twelve words go on and on.")
     chunks = plan_chunks(text, "word", chunk_max_word_num=8)
-    texts = [c.text for c in chunks]
-    assert texts == ["One two three. Four five six seven!", "Eight nine?", sentences[3], "Ten eleven."]
-    assert all(len(t.split()) <= 8 for t in texts if t != sentences[3])
-    assert " ".join(texts).split() == text.split()
+    assert [c.text for c in chunks] == ["One two three. Four five six seven!", "Eight nine?", "A sentence of ten words,",
+                                        "cut only at its comma. Ten eleven.", "With no comma at all these twelve words",
+                                        "go on and on."]
+    assert " ".join(c.text for c in chunks).split() == text.split()
     assert all(c.speaker is None for c in chunks)
 
 
@@ -451,8 +453,8 @@ def test_speaker_chunks_and_planning_errors():
 def test_long_form_joins_chunk_codes_and_buffers_recent_chunks(engine, joe, monkeypatch, buffer_size):
     rec = _Recorder(engine, monkeypatch)
     text = "Hello there. How are you?\n\nIt is a fine day. For a walk in the park."
-    request = SpeechRequest(text, {0: joe}, chunk_method="word", chunk_max_word_num=5, buffer_size=buffer_size,
-                            settings=_settings(22, 4))
+    request = SpeechRequest(text, {0: joe}, chunk_method="word", chunk_max_word_num=6, buffer_size=buffer_size,
+                            settings=_settings(69, 4))
     response = speak(engine, request)
     assert len(rec.prompts) == 3
     parts = [r.generated_audio_tokens for r in rec.responses]
@@ -467,23 +469,54 @@ def test_long_form_joins_chunk_codes_and_buffers_recent_chunks(engine, joe, monk
     assert not np.array_equal(parts[0], parts[1])  # chunks get seeds seed + index
 
 
-def test_text_longer_than_the_context_is_refused_or_chunked_never_cut(tmp_path, monkeypatch, build_tiny_speech_model):
-    """A prompt and its steps must fit in the model's context: one piece too long is refused with a clear error;
-    chunked, every chunk fits, keeping only the earlier chunks that fit beside it."""
-    engine = HiggsAudioServeEngine(build_tiny_speech_model(tmp_path, max_position_embeddings=200))
-    text = " ".join(SENTENCES * 4)
-    with pytest.raises(ValueError, match=r"\(335 characters\) is too long: .* context of 200; say it in chunks"):
-        speak(engine, SpeechRequest(text, settings=_settings(20, 0)))
-    with pytest.raises(ValueError, match="context of 200"):
-        engine.generate_prompts([conversation(SpeechRequest(text), Chunk(text), [], engine.tokenizer)], _settings(20, 0))
+def test_text_longer_than_its_steps_can_say_is_said_in_word_chunks_never_cut(engine, monkeypatch):
+    """Without a chunk method, a transcript whose words max_new_tokens cannot say at a reading pace (0.4 s a
+    word) is said in word chunks that it can; where that cannot help (a stream, a speaker turn, too few steps
+    for a word) it is refused naming the text's length, the limit and what to change."""
     rec = _Recorder(engine, monkeypatch)
-    request = SpeechRequest(text, chunk_method="word", chunk_max_word_num=8, settings=_settings(20, 0))
+    text = " ".join(SENTENCES * 2)  # 38 words: 15.2 s
+    settings = _settings(49, 0)  # 40 frames: 1.6 s, 4 words
+    assert speakable_words(engine, settings) == 4 and steps_to_say(engine, 4) == 49
+    request = SpeechRequest(text, settings=settings)
+    chunks = Speech(engine, request).chunks
+    assert [c.text for c in chunks] == [c.text for c in plan_chunks(text, "word", 4)]
     response = speak(engine, request)
-    assert len(rec.prompts) == 8
-    assert all(expanded_length(p) + 1 + 20 <= 200 for p in rec.prompts)
-    assert [len(p.audio_codes) for p in rec.prompts] == [0] * 8  # no earlier chunk fits beside another here
-    assert response.generated_audio_tokens.shape[1] == 8 * (20 - N_Q - 1)  # every chunk said
-    assert response.usage["finish_reason"] == "length"
+    assert len(rec.prompts) == len(chunks) > 9
+    assert response.generated_audio_tokens.shape[1] == len(chunks) * (49 - N_Q - 1)  # every chunk said
+    assert len(Speech(engine, SpeechRequest(SENTENCES[1], settings=_settings(69, 0))).chunks) == 1  # 6 words fit
+    with pytest.raises(ValueError, match=r"\(167 characters, 38 words\) cannot be streamed in one piece: 38 words take "
+                                         r"about 15.2 s to say \(0.4 s a word\), but max_new_tokens 49 holds 1.60 s: "
+                                         r"give at least 389, or say it without streaming"):
+        speak_stream(engine, SpeechRequest(text, settings=settings))
+    with pytest.raises(ValueError, match=r"'How are you today, my friend\?' \(29 characters, 6 words\) cannot be said: "
+                                         r".* give at least 69, or use chunk method 'word'"):
+        Speech(engine, SpeechRequest(f"[SPEAKER0] {SENTENCES[1]}", chunk_method="speaker", settings=settings))
+    with pytest.raises(ValueError, match=r"max_new_tokens 18 holds 0.36 s, too little to say a word \(0.4 s\): "
+                                         r"give at least 19"):
+        Speech(engine, SpeechRequest(SENTENCES[0], settings=_settings(18, 0)))
+
+
+def test_text_longer_than_the_context_is_said_in_chunks_that_fit_or_refused(tmp_path, monkeypatch,
+                                                                           build_tiny_speech_model):
+    """A prompt and its steps must fit in the model's context: word chunks are made shorter until each does
+    (keeping only the earlier chunks that fit beside it); when not even one word fits, a clear error."""
+    engine = HiggsAudioServeEngine(build_tiny_speech_model(tmp_path, max_position_embeddings=200))
+    text, settings = " ".join(SENTENCES), _settings(69, 0)  # steps for 6 words, but 6 words do not fit beside them
+    with pytest.raises(ValueError, match="context of 200"):
+        engine.generate_prompts([conversation(SpeechRequest(text), Chunk(text), [], engine.tokenizer)], settings)
+    rec = _Recorder(engine, monkeypatch)
+    request = SpeechRequest(text, settings=settings)
+    said = [c.text for c in Speech(engine, request).chunks]
+    response = speak(engine, request)
+    assert len(rec.prompts) == len(said) and " ".join(said).split() == text.split()
+    assert max(len(s.split()) for s in said) < speakable_words(engine, settings)
+    assert all(expanded_length(p) + 1 + 69 <= 200 for p in rec.prompts)
+    assert response.generated_audio_tokens.shape[1] == sum(r.generated_audio_tokens.shape[1] for r in rec.responses)
+    assert all(r.generated_audio_tokens.shape[1] for r in rec.responses)  # every chunk said
+    joe = voice_reference(engine, "joe")
+    with pytest.raises(ValueError, match=r"text 'Hello' \(5 characters, 1 word\) cannot be said: the prompt .* context "
+                                         r"of 200: give a lower max_new_tokens or a shorter voice reference"):
+        speak(engine, SpeechRequest(text, {0: joe}, settings=settings))
 
 
 # ----------------------------------------------------------------------------------- evaluation tables

@@ -14,7 +14,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     api_key: Annotated[str | None, typer.Option(envvar="CADENZA_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 routes.")] = None,
-    speech_model: Annotated[Path | None, typer.Option(help="Speech model directory (default: the shipped one, if any).")] = None,
+    speech_model: Annotated[Path | None, typer.Option(help="Speech model directory (from `cadenza speech train` or `export`; no speech model is shipped yet: without one, speech routes answer 503).")] = None,
     music_model: Annotated[Path | None, typer.Option(help="Music generator directory (default: the shipped one).")] = None,
     voices_dir: Annotated[Path | None, typer.Option(help="Where uploaded voices are kept (default: ~/.local/share/cadenza/voices).")] = None,
     max_queue: Annotated[int, typer.Option(help="Speech requests that may wait; more are answered 503.")] = 64,

@@ -65,10 +65,13 @@ def _write(path: Path, audio, sampling_rate: int) -> None:
     write_audio(path, audio, sampling_rate)
 
 
-def _written(path: Path, audio, sampling_rate: int, finish_reason: str | None) -> str:
-    """What to print for a written file: its length, and whether the step limit cut the model's speech."""
+def _written(path: Path, audio, sampling_rate: int, usage: dict) -> str:
+    """What to print for a written file: its length, the chunks it was said in, and whether the step limit cut
+    the model's speech."""
     line = f"{path}: {len(audio) / sampling_rate:.2f} s"
-    return line + (" (stopped at --max-new-tokens before the model finished)" if finish_reason == "length" else "")
+    if usage.get("chunks", 1) > 1:
+        line += f" in {usage['chunks']} chunks"
+    return line + (" (stopped at --max-new-tokens before the model finished)" if usage.get("finish_reason") == "length" else "")
 
 
 def generate(
@@ -79,7 +82,7 @@ def generate(
     ref_text: Annotated[str | None, typer.Option(help="Transcript(s) of the reference clip(s), separated by '|'.")] = None,
     ref_in_system: Annotated[bool, typer.Option(help="Put references in the system message instead of a user/assistant pair.")] = False,
     scene: Annotated[str | None, typer.Option(help="Scene description for the system prompt.")] = None,
-    chunk_method: Annotated[str | None, typer.Option(help="Long form: 'word' (paragraphs/sentences) or 'speaker' (per turn).")] = None,
+    chunk_method: Annotated[str | None, typer.Option(help="Long form: 'word' (paragraphs/sentences) or 'speaker' (per turn). Default: in one piece, or in word chunks if it cannot be said within --max-new-tokens at a reading pace or does not fit in the model's context.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same audio).")] = None,
     temperature: Annotated[float, typer.Option(min=0, help="Sampling temperature.")] = 0.7,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Decode steps per chunk (25 audio frames = 1 s).")] = 1024,
@@ -109,22 +112,22 @@ def generate(
         request = _request(engine, transcript, voice, ref_audio, ref_text, scene, chunk_method, seed,
                            ref_in_system, temperature, max_new_tokens)
         if stream:
-            audio, finish_reason = _stream(engine, request)
+            audio, usage = _stream(engine, request)
         else:
             from cadenza.higgs_audio.speak import speak
 
             response = speak(engine, request)
-            audio, finish_reason = response.audio, response.usage.get("finish_reason")
+            audio, usage = response.audio, response.usage
     except (ValueError, AudioError) as exc:
         fail(str(exc))
     if audio is None or len(audio) == 0:
         fail("the model produced no audio (try another --seed or a higher --max-new-tokens)")
     _write(out, audio, engine.sampling_rate)
-    typer.echo(_written(out, audio, engine.sampling_rate, finish_reason))
+    typer.echo(_written(out, audio, engine.sampling_rate, usage))
 
 
 def _stream(engine, request):
-    """Stream a one-piece request: (its audio, the finish reason); print the time to first audio."""
+    """Stream a one-piece request: (its audio, its usage); print the time to first audio."""
     import time
 
     import numpy as np
@@ -139,7 +142,7 @@ def _stream(engine, request):
         finish_reason = delta.finish_reason
     if first is not None:
         typer.echo(f"first audio after {first * 1000:.0f} ms", err=True)
-    return (np.concatenate(pieces) if pieces else None), finish_reason
+    return (np.concatenate(pieces) if pieces else None), {"finish_reason": finish_reason}
 
 
 def _generate_batch(path: Path, out_dir: Path, batch_size: int, model, codec, temperature: float,
@@ -176,8 +179,7 @@ def _generate_batch(path: Path, out_dir: Path, batch_size: int, model, codec, te
                 bad += 1
                 continue
             _write(out_dir / f"{name}.wav", response.audio, engine.sampling_rate)
-            typer.echo(_written(out_dir / f"{name}.wav", response.audio, engine.sampling_rate,
-                                response.usage.get("finish_reason")))
+            typer.echo(_written(out_dir / f"{name}.wav", response.audio, engine.sampling_rate, response.usage))
     if bad:
         fail(f"{bad} request(s) of {path} skipped or without audio")
 

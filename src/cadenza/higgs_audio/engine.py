@@ -1,6 +1,6 @@
 """HiggsAudioServeEngine: ChatML in, 24 kHz speech out - one request, a batch, or a stream.
 
-    engine = HiggsAudioServeEngine()                       # the shipped model and audio tokenizer
+    engine = HiggsAudioServeEngine(model_dir)              # a trained model (no speech model is shipped yet)
     response = engine.generate(sample, seed=0)             # HiggsAudioResponse(audio, sampling_rate, ...)
     responses = engine.generate_batch([s1, s2, ...])       # many requests in one batched decode
     async for delta in engine.generate_delta_stream(sample): play(delta.audio)

@@ -16,12 +16,16 @@ A request becomes ChatML conversations, one per chunk, and the chunks' codes are
 - **long form**: `chunk_method="word"` (paragraphs and sentences, at most `chunk_max_word_num` words a
   chunk) or `"speaker"` (one chunk per speaker turn); each chunk sees the reference and the last
   `buffer_size` generated chunks that fit in the model's context, which keeps the voice steady across
-  chunks. A text whose prompt does not fit in the context even so is refused with an error, never cut;
+  chunks. Without a chunk method, a transcript said in one piece unless it cannot be: a prompt longer than
+  the model's context, or more words than `max_new_tokens` decode steps can say at SECONDS_PER_WORD; then
+  it is said in word chunks that can. A text that cannot be said even so (a turn too long for its steps, a
+  stream) is refused with an error naming its length, the limit and the option to change: never cut;
 - no voice at all: the model picks one (and keeps it across chunks through the buffer).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -37,6 +41,10 @@ from cadenza.higgs_audio.text import TextTokenizer
 
 VOICES_DIR = Path(__file__).resolve().parents[1] / "pretrained" / "voices"
 SPEAKER_TAG = re.compile(r"\[SPEAKER(\d+)\]")
+# How long a word takes to say, for deciding what fits in max_new_tokens decode steps: an unhurried reading
+# pace of 150 words a minute (the corpus voices speak at 0.26-0.3 s a word). The original's defaults assume
+# about as much: chunks of at most 200 words in 2048 steps (82 s).
+SECONDS_PER_WORD = 0.4
 
 
 @dataclass
@@ -84,12 +92,12 @@ def split_turns(transcript: str) -> list[Chunk]:
 
 
 def split_words(text: str, max_words: int) -> list[str]:
-    """Paragraphs, then sentences, packed into chunks of at most `max_words` words (a longer sentence stands alone)."""
+    """Paragraphs, then sentences, packed into chunks of at most `max_words` words; a longer sentence is cut
+    after its commas and colons, and a clause still longer between words."""
     chunks: list[str] = []
     for paragraph in re.split(r"\n\s*\n", text):
         current: list[str] = []
-        for sentence in re.split(r"(?<=[.!?;])\s+", paragraph.strip()):
-            words = sentence.split()
+        for words in _word_runs(paragraph, max_words):
             if current and len(current) + len(words) > max_words:
                 chunks.append(" ".join(current))
                 current = []
@@ -97,6 +105,16 @@ def split_words(text: str, max_words: int) -> list[str]:
         if current:
             chunks.append(" ".join(current))
     return chunks
+
+
+def _word_runs(paragraph: str, max_words: int) -> Iterator[list[str]]:
+    """The words of a paragraph's sentences, in runs of at most `max_words` (see `split_words`)."""
+    for sentence in re.split(r"(?<=[.!?;])\s+", paragraph.strip()):
+        clauses = [sentence] if len(sentence.split()) <= max_words else re.split(r"(?<=[,:])\s+", sentence)
+        for clause in clauses:
+            words = clause.split()
+            for start in range(0, len(words), max_words):
+                yield words[start : start + max_words]
 
 
 def plan_chunks(transcript: str, chunk_method: str | None, chunk_max_word_num: int = 200) -> list[Chunk]:
@@ -157,12 +175,80 @@ def _said(chunk: Chunk, dialogue: bool) -> str:
     return chunk.text if chunk.speaker is None or not dialogue else f"[SPEAKER{chunk.speaker}] {chunk.text}"
 
 
+def speakable_words(engine: HiggsAudioServeEngine, settings: GenerationSettings) -> int:
+    """How many words `settings.max_new_tokens` decode steps can say at SECONDS_PER_WORD."""
+    return int(_audio_frames(engine, settings) / _frames_per_word(engine))
+
+
+def _audio_frames(engine: HiggsAudioServeEngine, settings: GenerationSettings) -> int:
+    """Audio frames in `max_new_tokens` decode steps (the delay pattern's staircase and close take n_q + 1)."""
+    return max(0, settings.max_new_tokens - engine.config.audio_num_codebooks - 1)
+
+
+def _audio_seconds(engine: HiggsAudioServeEngine, settings: GenerationSettings) -> float:
+    return _audio_frames(engine, settings) / engine.audio_tokenizer.tps
+
+
+def _frames_per_word(engine: HiggsAudioServeEngine) -> float:
+    return SECONDS_PER_WORD * engine.audio_tokenizer.tps
+
+
+def steps_to_say(engine: HiggsAudioServeEngine, words: int) -> int:
+    """The fewest `max_new_tokens` that say `words` words at SECONDS_PER_WORD."""
+    return math.ceil(words * _frames_per_word(engine)) + engine.config.audio_num_codebooks + 1
+
+
+def plan_request(engine: HiggsAudioServeEngine, request: SpeechRequest) -> list[Chunk]:
+    """The chunks a request is said in, each checked to fit its decode steps and the model's context: those of
+    its chunk method; without one, the whole transcript if it fits, else word chunks (long form). Word chunks
+    are no longer than `max_new_tokens` can say, and shorter while one does not fit in the context. ValueError
+    naming the text, its length, the limit and what to change for a chunk that cannot be said; also for an
+    empty transcript or an unknown chunk method."""
+    max_words = min(request.chunk_max_word_num, speakable_words(engine, request.settings))
+    if max_words == 0:
+        raise ValueError(f"max_new_tokens {request.settings.max_new_tokens} holds {_audio_seconds(engine, request.settings):.2f} s, "
+                         f"too little to say a word ({SECONDS_PER_WORD} s): give at least {steps_to_say(engine, 1)}")
+    if request.chunk_method is None:
+        whole = plan_chunks(request.transcript, None)
+        if not _unsayable(engine, request, whole[0]):
+            return whole
+    method = request.chunk_method or "word"
+    while True:
+        chunks = plan_chunks(request.transcript, method, max_words)
+        unsayable = next(((c, problem) for c in chunks if (problem := _unsayable(engine, request, c))), None)
+        if unsayable is None:
+            return chunks
+        if method != "word" or max_words == 1:
+            other = ", or use chunk method 'word'" if method == "speaker" else ""
+            raise ValueError(f"{_described(unsayable[0])} cannot be said: {unsayable[1]}{other}")
+        max_words -= 1  # a chunk and its decode steps do not fit in the context: shorter chunks
+
+
+def _unsayable(engine: HiggsAudioServeEngine, request: SpeechRequest, chunk: Chunk) -> str | None:
+    """Why a chunk cannot be said in one generation, and what to change (more words than its decode steps
+    can say, or a prompt that with them does not fit in the model's context), or None if it can."""
+    words, settings = len(chunk.text.split()), request.settings
+    if words > speakable_words(engine, settings):
+        return (f"{words} words take about {words * SECONDS_PER_WORD:.1f} s to say ({SECONDS_PER_WORD} s a word), but "
+                f"max_new_tokens {settings.max_new_tokens} holds {_audio_seconds(engine, settings):.2f} s: "
+                f"give at least {steps_to_say(engine, words)}")
+    try:
+        engine.check_fits(conversation(request, chunk, [], engine.tokenizer), settings)
+    except ValueError as exc:
+        return f"{exc}: give a lower max_new_tokens or a shorter voice reference"
+    return None
+
+
+def _described(chunk: Chunk) -> str:
+    """A chunk named in an error: its start and its length."""
+    shown = chunk.text if len(chunk.text) <= 40 else chunk.text[:40] + "..."
+    words = len(chunk.text.split())
+    return f"text {shown!r} ({len(chunk.text)} characters, {words} word{'' if words == 1 else 's'})"
+
 
 def check_request(engine: HiggsAudioServeEngine, request: SpeechRequest) -> None:
-    """ValueError saying what is wrong with a request that cannot be said: an empty transcript, an unknown
-    chunk method, or a chunk whose prompt does not fit in the model's context even without earlier chunks."""
-    for chunk in plan_chunks(request.transcript, request.chunk_method, request.chunk_max_word_num):
-        _fitting_prompt(engine, request, chunk, [])
+    """ValueError saying what is wrong with a request that cannot be said (see `plan_request`)."""
+    plan_request(engine, request)
 
 
 def first_prompt(engine: HiggsAudioServeEngine, request: SpeechRequest) -> ChatMLDatasetSample:
@@ -191,11 +277,16 @@ def speak_batch(engine: HiggsAudioServeEngine, requests: list[SpeechRequest]) ->
 def speak_stream(engine: HiggsAudioServeEngine, request: SpeechRequest) -> Iterator[HiggsAudioStreamerDelta]:
     """Say a request in one piece as a stream: a delta per decode step, whose `audio` is playable 24 kHz audio
     as soon as it is final (the pieces join to the audio of `speak`); the last delta has the finish reason.
-    A request it cannot say (a chunk method, a transcript too long) raises ValueError at once. (Many
-    streams at once: `Speech.next_prompt` for each, then `engine.stream_prompts`.)"""
+    A request it cannot say in one piece (a chunk method, a transcript too long) raises ValueError at once.
+    (Many streams at once: `Speech.next_prompt` for each, then `engine.stream_prompts`.)"""
     if request.chunk_method is not None:
         raise ValueError("a stream says its transcript in one piece: no chunk method")
-    return engine.stream_prompt(first_prompt(engine, request), request.settings)
+    speech = Speech(engine, request)
+    if len(speech.chunks) > 1:
+        whole = plan_chunks(request.transcript, None)[0]
+        raise ValueError(f"{_described(whole)} cannot be streamed in one piece: {_unsayable(engine, request, whole)}, "
+                         "or say it without streaming (it is then said in chunks)")
+    return engine.stream_prompt(speech.next_prompt()[0], request.settings)
 
 
 class Speech:
@@ -203,10 +294,9 @@ class Speech:
     `said(response)` keeps what the model said, which the following chunks hear."""
 
     def __init__(self, engine: HiggsAudioServeEngine, request: SpeechRequest):
-        """ValueError for a request that cannot be said (see `check_request`)."""
-        check_request(engine, request)
+        """ValueError for a request that cannot be said (see `plan_request`)."""
         self.engine = engine
-        self.chunks = plan_chunks(request.transcript, request.chunk_method, request.chunk_max_word_num)
+        self.chunks = plan_request(engine, request)
         self.request = replace(request, references=dict(request.references))  # voices picked here stay out of the caller's request
         self.history: list[tuple[Chunk, np.ndarray]] = []
         self.responses: list[HiggsAudioResponse] = []
@@ -233,7 +323,8 @@ class Speech:
         self.responses.append(response)
 
     def response(self) -> HiggsAudioResponse:
-        """The whole request's response: the chunks' codes joined and decoded once (a single chunk's as it is)."""
+        """The whole request's response: the chunks' codes joined and decoded once, with the number of chunks in
+        its usage (a single chunk's response as it is)."""
         if len(self.responses) == 1 and self.responses[0].audio is not None:
             return self.responses[0]
         codes = np.concatenate([r.generated_audio_tokens for r in self.responses], axis=1)
@@ -241,6 +332,7 @@ class Speech:
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         cut = any(r.usage.get("finish_reason") == "length" for r in self.responses)
         usage["finish_reason"] = "length" if cut else "stop"
+        usage["chunks"] = len(self.responses)
         audio = self.engine.audio_tokenizer.decode(codes) if codes.shape[1] else None
         return HiggsAudioResponse(audio, self.engine.sampling_rate, "".join(r.generated_text for r in self.responses),
                                   codes, usage=usage)
@@ -248,18 +340,15 @@ class Speech:
 
 def _fitting_prompt(engine: HiggsAudioServeEngine, request: SpeechRequest, chunk: Chunk,
                     history: list[tuple[Chunk, np.ndarray]]) -> ChatMLDatasetSample:
-    """`conversation` with as many of the recent chunks (at most `buffer_size`) as fit in the model's context;
-    ValueError when the chunk does not fit even without them."""
+    """`conversation` with as many of the recent chunks (at most `buffer_size`) as fit in the model's context
+    beside the chunk (which fits alone: `plan_request` checked it)."""
     recent = history[-request.buffer_size:] if request.buffer_size > 0 else []
     while True:
         prompt = conversation(request, chunk, recent, engine.tokenizer)
         try:
             engine.check_fits(prompt, request.settings)
             return prompt
-        except ValueError as exc:
+        except ValueError:
             if not recent:
-                shown = chunk.text if len(chunk.text) <= 40 else chunk.text[:40] + "..."
-                advice = ("say it in chunks (chunk method 'word')" if request.chunk_method is None
-                          else "use shorter chunks or sentences, or fewer max_new_tokens")
-                raise ValueError(f"text {shown!r} ({len(chunk.text)} characters) is too long: {exc}; {advice}") from None
+                raise
             recent = recent[1:]

@@ -23,6 +23,8 @@ from cadenza.serve.worker import QueueFull, SpeechJob
 
 router = APIRouter()
 SPEECH_MODELS = ("higgs-audio", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")  # OpenAI's names are aliases of ours
+# The worker's errors: 400, a text the model cannot say (too few steps for a word, a prompt beyond its context).
+ERROR_CODES = {400: "input_cannot_be_said", 500: "generation_failed", 504: "timeout"}
 
 
 class SpeechBody(BaseModel):
@@ -82,7 +84,7 @@ async def job_audio(job: SpeechJob, state: ServerState) -> AsyncIterator[np.ndar
             else:
                 finished = True
                 status, message = value
-                raise APIError(status, message, code="generation_failed" if status == 500 else None)
+                raise APIError(status, message, code=ERROR_CODES.get(status))
     finally:
         if not finished:
             job.cancel()
