@@ -2,7 +2,8 @@
 
     python benchmarks/speech.py [--model DIR | --preset small] [--frames 100] [--batch 16] [--rounds 2] [--threads 2]
 
-Every request clones the shipped `joe` voice (its reference as a user/assistant pair) and says one sentence.
+Every request clones the shipped `joe` voice (its reference as a user/assistant pair) and says the words of one
+sentence that `--frames` can say at a reading pace (`speak.SECONDS_PER_WORD`: 10 words in the default 100).
 EOS is suppressed so every run decodes exactly `--frames` audio frames (25 per second): timings then do not
 depend on when a (possibly untrained) model would stop. Measured in one process, against named baselines:
 
@@ -28,6 +29,10 @@ depend on when a (possibly untrained) model would stop. Measured in one process,
   (5) frames, those due at one step for all rows in one codec call, each chunk re-reading the codec's lookahead
   on both sides. Baseline `one_frame_chunks`: stream_chunk_frames=1 (still one codec call per step for the
   batch; the engine's stream before chunking made one call per row and step).
+- (f) named peers: Piper `joe` and hibari, the natural voices the speech corpus is built from, say the same
+  words in the same rounds, loaded and called as the corpus builder does (`corpus_voices.synthesize`: 24 kHz
+  out, trimmed, loudness-normalized; Piper on `--threads` threads, hibari on the one the corpus gives it).
+  Their real-time factors, and ours at batch 1 over theirs; a peer that is not installed is reported as such.
 
 Threads: on a machine whose other cores are busy (a training), use --threads 1; a second thread that has to
 share a busy core makes every matrix product wait for it (measured 5-10x slower).
@@ -54,19 +59,23 @@ import torch
 
 from cadenza.core.sampling import SamplingConfig, make_generator, repetition_aware_sample
 from cadenza.higgs_audio import train as lm_train
+from cadenza.higgs_audio.corpus_voices import (HEART, JOE, SAMPLE_RATE, VoiceIdentity, engine_available,
+                                               set_piper_threads, synthesize)
 from cadenza.higgs_audio.engine import SHIPPED_MODEL, GenerationSettings, HiggsAudioServeEngine
 from cadenza.higgs_audio.fast_decoder import HiggsAudioDecoder
 from cadenza.higgs_audio.inputs import expand_sample, pad_inputs
 from cadenza.higgs_audio.modeling import HiggsAudioModel, KVCache
 from cadenza.higgs_audio.prompt import ChatMLDatasetSample
 from cadenza.higgs_audio.sampler import BatchSampler
-from cadenza.higgs_audio.speak import SpeechRequest, first_prompt, speak_batch, speak_stream, voice_reference
+from cadenza.higgs_audio.speak import (SpeechRequest, first_prompt, speak_batch, speak_stream, speakable_words,
+                                       voice_reference)
 from cadenza.higgs_audio.text import TextTokenizer
 
 RESULTS = Path(__file__).parent / "results" / "speech.json"
 SENTENCE = "The quick brown fox jumps over the lazy dog, and then it runs back home before the rain starts."
 TOKENIZER_TEXTS = [SENTENCE, "Hello there.", "How are you today, my friend?"]
 TARGETS = {"rtf": 0.1, "first_audio_ms": 250.0, "batch_speedup": 10.0}
+PEERS = {"piper_joe": JOE, "hibari": HEART}  # the corpus's natural voices
 
 
 def build_engine(model: Path | None, preset: str | None) -> tuple[HiggsAudioServeEngine, str]:
@@ -82,6 +91,16 @@ def build_engine(model: Path | None, preset: str | None) -> tuple[HiggsAudioServ
     directory = Path(tempfile.mkdtemp(prefix="speech_bench_"))
     lm_train.save_model(HiggsAudioModel(config), tok, directory, step=0)
     return HiggsAudioServeEngine(directory), f"untrained HiggsAudioConfig.{preset} (no shipped model)"
+
+
+def peer_runs(text: str, threads: int) -> dict[str, object]:
+    """`peer_NAME` -> a call that has the peer say `text` (24 kHz audio), for the peers installed here."""
+    set_piper_threads(threads)
+
+    def say(voice: VoiceIdentity):
+        return lambda: synthesize(voice, text)
+
+    return {f"peer_{name}": say(voice) for name, voice in PEERS.items() if engine_available(voice.engine)}
 
 
 def suppress_eos(engine: HiggsAudioServeEngine) -> None:
@@ -260,10 +279,11 @@ def main() -> None:
     audio_seconds = args.frames / fps
 
     joe = voice_reference(engine, "joe")
+    text = " ".join(SENTENCE.split()[:speakable_words(engine, GenerationSettings(max_new_tokens=steps))])
 
     def request(seed: int) -> SpeechRequest:
         settings = GenerationSettings(max_new_tokens=steps, temperature=0.7, seed=seed)
-        return SpeechRequest(SENTENCE, {0: joe}, settings=settings)
+        return SpeechRequest(text, {0: joe}, settings=settings)
 
     prompt = first_prompt(engine, request(0))
 
@@ -312,8 +332,12 @@ def main() -> None:
     runs = {"batch_1": batch_of(1), "batch_1_cold": cold(batch_of(1)), f"batch_{args.batch}": batch_of(args.batch),
             unshared: batch_of(args.batch, False), "first_audio": first_audio, "first_audio_cold": cold(first_audio),
             stream_b: streamed(args.batch), stream_b1: streamed(args.batch, 1)}
+    peers = peer_runs(text, args.threads)
+    runs.update(peers)
     batch_of(1)()  # warm-up
     first_audio()
+    for say in peers.values():  # loads the peer's model
+        say()
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     outputs, first_audio_runs, outputs_cold = {}, [], []
     for _ in range(args.rounds):  # alternate, so changes in machine load hit every variant alike
@@ -347,8 +371,10 @@ def main() -> None:
     throughput_b = args.batch * audio_seconds / median[f"batch_{args.batch}"]
     throughput_unshared = args.batch * audio_seconds / median[unshared]
     first_ms, first_cold_ms = 1000 * median["first_audio"], 1000 * median["first_audio_cold"]
+    peer_seconds = {name: len(outputs[f"peer_{name}"]) / SAMPLE_RATE for name in PEERS if f"peer_{name}" in peers}
+    peer_rtf = {name: median[f"peer_{name}"] / seconds for name, seconds in peer_seconds.items()}
     result = {
-        "model": source,
+        "model": source, "text": text,
         "params": sum(p.numel() for p in engine.model.parameters()),
         "prompt_positions": len(expand_sample(prompt, engine.config)),
         "frames": args.frames, "audio_seconds": audio_seconds, "decode_steps": steps,
@@ -375,6 +401,10 @@ def main() -> None:
         "ratio_ceiling_no_prefix_sharing": round(ceiling, 2),
         "ratio_ceiling_prefix_shared": round(median["batch_1"] / codec_seconds, 2),
         "step_ms": step_ms,
+        "peers": {name: {"rtf": round(peer_rtf[name], 4), "ratio_ours_over_peer": round(rtf / peer_rtf[name], 2),
+                         "audio_seconds": round(peer_seconds[name], 2),
+                         "threads": args.threads if PEERS[name].engine == "piper" else 1}
+                  if name in peer_rtf else "not installed" for name in PEERS},
         "targets": TARGETS,
         "meets_target": {"rtf": rtf <= TARGETS["rtf"], "rtf_cold": rtf_cold <= TARGETS["rtf"],
                          "first_audio_ms": first_ms <= TARGETS["first_audio_ms"],
@@ -385,13 +415,19 @@ def main() -> None:
     }
     print(f"model: {source} ({result['params'] / 1e6:.1f}M params), prompt {result['prompt_positions']} positions, "
           f"{args.frames} frames ({audio_seconds:.1f} s) per request, {args.threads} threads, load {result['load_average_at_end']:.1f}")
+    print(f"every request, and every peer, says {text!r}")
     print(f"{'measure':<34}{'ours':>10}{'baseline':>12}  {'baseline is':<28}{'ratio':>8}  {'target':<10}")
+    peer_rows = [(f"RTF batch 1 vs peer {name}", f"{rtf:.3f}", f"{peer_rtf[name]:.3f}",
+                  f"{name}, {result['peers'][name]['threads']} thread(s)", f"{rtf / peer_rtf[name]:.1f}x", "")
+                 if name in peer_rtf else (f"RTF batch 1 vs peer {name}", f"{rtf:.3f}", "", "not installed", "", "")
+                 for name in PEERS]
     rows = [
         ("RTF batch 1 (incl. codec)", f"{rtf:.3f}", f"{rtf_no_cache:.3f}", "no KV cache (projected)",
          f"{rtf_no_cache / rtf:.1f}x", "<= 0.1"),
         ("RTF batch 1, CPU time", f"{rtf_cpu:.3f}", "", "", "", ""),
         ("RTF batch 1, voice read before", f"{rtf:.3f}", f"{rtf_cold:.3f}", "first request of a voice",
          f"{rtf_cold / rtf:.2f}x", ""),
+        *peer_rows,
         ("time to first audio (ms)", f"{first_ms:.0f}", f"{first_cold_ms:.0f}", "first request of a voice",
          f"{first_cold_ms / first_ms:.2f}x", "<= 250"),
         ("  of which prefill (ms)", f"{1000 * prefill_s:.0f}", f"{1000 * prefill_cold_s:.0f}",
