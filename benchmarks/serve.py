@@ -15,7 +15,9 @@ synthesized sentence chunk (Piper synthesizes a sentence at a time). Ratios are 
 
 Model: as `benchmarks/speech.py` (the shipped one, else an untrained `HiggsAudioConfig.small`; speed does not
 depend on the weights). An untrained model rarely stops by itself: its requests run to `--max-new-tokens`
-decode steps (25 audio frames a second). Writes benchmarks/results/serve.json.
+decode steps (25 audio frames a second) per chunk; a sentence with more words than those steps can say at a
+reading pace (0.4 s a word: 9 in the default 100) is said in two chunks, as the server says any text that
+does not fit. Writes benchmarks/results/serve.json.
 """
 
 from __future__ import annotations
