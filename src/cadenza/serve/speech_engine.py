@@ -1,7 +1,8 @@
 """The speech library as the server uses it: the one module of `cadenza.serve` that imports `higgs_audio`.
 
-A request is a `speak.Speech`, said chunk by chunk (at most `chunk_words` words a chunk, each prompt with the
-voice and the recent chunks that fit in the context); the next chunks of many requests decode together in
+A request is a `speak.Speech`, said chunk by chunk (at most `chunk_words` words a chunk, fewer when its
+`max_new_tokens` cannot say them or they do not fit in the context; each prompt with the voice and the recent
+chunks that fit in the context); the next chunks of many requests decode together in
 the engine's batched stream (`stream_prompts`), whose deltas carry each request's audio as it becomes final.
 """
 
