@@ -3,8 +3,8 @@
 - `generative`: a piece up to `max_seq_len` tokens as shifted decoder input / target. With `prompt`,
   the encoder input is the piece's own snippet prompt (`prompt.snippet_prompt`: [form token] + per letter
   the first <= `snippet_len` tokens of that letter's first section); the target is the whole piece.
-- `contrastive`: two augmented views (pitch, velocity, tempo) of snippets of the same piece; the other
-  pieces of a batch are the negatives.
+- `contrastive`: two augmented views (pitch, velocity, tempo) of snippets from two places of the same piece
+  (`snippets`); the other pieces of a batch are the negatives.
 - `classification`: the piece without section tokens, its per-token section labels and its form label.
 
 Corpora may be real, synthetic or both: `corpora` is a list of directories or (directory, weight) pairs,
@@ -26,9 +26,9 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from cadenza.core.data_loader import ResumableDataLoader
 from cadenza.staria.cache import TokenCache
-from cadenza.staria.events import NO_SECTION, SEGMENT_MS
 from cadenza.staria.forms import FORM_LABEL_MAP, form_from_labels
 from cadenza.staria.prompt import snippet_prompt
+from cadenza.staria.snippets import Augmentation, cut_snippet, pair_starts, snippet_notes
 from cadenza.staria.tokenizer import IGNORE_INDEX, StariaTokenizer
 
 CorpusSpec = Union[str, Path, tuple[Union[str, Path], float]]
@@ -102,44 +102,28 @@ class GenerativeDataset(Dataset):
 
 
 class ContrastiveDataset(Dataset):
-    """Two augmented views of snippets of the same piece (pitch, velocity and tempo drawn per view).
-
-    A snippet is a run of about snippet_len / 3 consecutive notes at a random place in the piece, moved
-    to the start of its 5 s segment, section marks removed, then augmented with `augment_ids` and cut to
-    `snippet_len` tokens.
-    """
+    """Two augmented views of snippets of the same piece, from places that do not overlap (`snippets`:
+    about snippet_len / 3 consecutive notes each; pitch, velocity and tempo drawn per view)."""
 
     def __init__(self, pieces: Pieces, tokenizer: StariaTokenizer, snippet_len: int = 256,
                  max_pitch_shift: int = 5, velocity_shifts: Sequence[int] = (-10, 0, 10),
                  tempo_range: tuple[float, float] = (0.9, 1.1)) -> None:
         self.pieces, self.tokenizer, self.snippet_len = pieces, tokenizer, snippet_len
-        self.max_pitch_shift, self.velocity_shifts = max_pitch_shift, velocity_shifts
-        self.tempo_range = tempo_range
+        self.augmentation = Augmentation(max_pitch_shift, tuple(velocity_shifts), tuple(tempo_range))
 
     def __len__(self) -> int:
         return len(self.pieces)
 
-    def view(self, events, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        """One augmented snippet view of `events` and its pitch shift."""
-        n_notes = max(1, self.snippet_len // 3)
-        start = int(rng.integers(0, max(1, len(events) - n_notes + 1)))
-        window = events.take(slice(start, start + n_notes))
-        if len(window):
-            window = window.shifted(-(int(window.onset_ms[0]) // SEGMENT_MS) * SEGMENT_MS)
-        window.section = np.full(len(window), NO_SECTION, dtype=np.int64)
-        pitch_shift = int(rng.integers(-self.max_pitch_shift, self.max_pitch_shift + 1))
-        velocity_shift = int(rng.choice(self.velocity_shifts))
-        tempo = float(rng.uniform(*self.tempo_range))
-        snippet = self.tokenizer.events_to_ids(window)
-        ids = self.tokenizer.augment_ids(snippet, pitch_shift, velocity_shift, tempo)
-        return ids[:self.snippet_len].astype(np.int64), pitch_shift
-
     def __getitem__(self, k: int) -> dict[str, np.ndarray | int]:
         events, _ = self.tokenizer.ids_to_events(self.pieces.ids(k))
         rng = _rng()
-        view_a, shift_a = self.view(events, rng)
-        view_b, shift_b = self.view(events, rng)
-        return {"view_a": view_a, "view_b": view_b, "piece": k, "pitch_shift": np.array([shift_a, shift_b])}
+        first, second, n_notes = pair_starts(len(events), snippet_notes(self.snippet_len), rng)
+        views, shifts = [], []
+        for start in (first, second):
+            augmentation = self.augmentation.draw(rng)
+            views.append(cut_snippet(self.tokenizer, events, start, n_notes, self.snippet_len, augmentation))
+            shifts.append(augmentation[0])
+        return {"view_a": views[0], "view_b": views[1], "piece": k, "pitch_shift": np.array(shifts)}
 
 
 class ClassificationDataset(Dataset):
