@@ -3,6 +3,7 @@
 import typer
 
 from cadenza.cli.music_eval_classifier import eval_classifier
+from cadenza.cli.music_eval_encoder import eval_encoder
 from cadenza.cli.music_evaluate import evaluate
 from cadenza.cli.music_generate import generate
 from cadenza.cli.music_tokens import detokenize, render, tokenize
@@ -13,6 +14,7 @@ app = typer.Typer(no_args_is_help=True)
 app.command("generate")(generate)
 app.command("evaluate")(evaluate)
 app.command("eval-classifier")(eval_classifier)
+app.command("eval-encoder")(eval_encoder)
 app.command("tokenize")(tokenize)
 app.command("detokenize")(detokenize)
 app.command("render")(render)
