@@ -195,3 +195,12 @@ def test_batch_with_different_instruments_returns_canonical_pieces(model):
     for prompt, ids in zip(prompts, gen.generate_ids("AB", prompts, GenerationConfig(max_tokens=120, seed=2))):
         start = tok.instrument_prefix(prompt) + [tok.bos_id]
         assert ids[:len(start)].tolist() == start  # no padding left in front
+
+
+def test_the_generator_takes_the_faster_weight_dtype_of_this_cpu(model):
+    from cadenza.core.fast_decoder import fastest_weight_dtype
+
+    dim = model.cfg.dim
+    chosen = fastest_weight_dtype(3 * dim, dim)
+    assert chosen in (torch.float32, torch.float16)
+    assert StariaGenerator(model).decoder.blocks[0].qkv.dtype == chosen

@@ -12,9 +12,10 @@ the arithmetic, is what a CPU spends its time on:
 - cross-attention keys and values are projected once per prompt, keys stored transposed for `bmm`;
 - a preallocated KV cache, `F.linear` on (out, in) weights, batched matrix products over batch x heads
   (`core/fast_decoder.py`, shared with Higgs Audio's decoder);
-- optionally (`weight_dtype=torch.float16`, what the generator uses) half-precision projection weights:
-  one decoding step is bound by reading the weights, and half the bytes is ~2x faster matrix-vector
-  products on a CPU; the residual stream, attention and caches stay in float32.
+- optionally (`weight_dtype=torch.float16`, which the generator takes where this CPU multiplies it faster:
+  `core.fast_decoder.fastest_weight_dtype`) half-precision projection weights: half the bytes to read
+  per step, faster where a step is bound by reading weights, slower where the CPU multiplies float16
+  slowly and the weights fit in its cache; the residual stream, attention and caches stay in float32.
 
 In float32 its logits match the x-transformers forward pass within 1e-4, in float16 within 1e-2 (tested), so
 it is a faster path through the same model, not a different model.
