@@ -59,7 +59,7 @@ def losses(model: StariaSeq2Seq, loss_fn: GrammarLoss, batch: dict, prompt: torc
            places: torch.Tensor) -> dict[str, float]:
     """Mean loss over first-section and repeat targets given this prompt."""
     context = model.encode(prompt, mask)
-    hidden = model.decode(batch["decoder_input"], batch["decoder_mask"], context, mask)
+    hidden = model.decode(batch["decoder_input"], batch["decoder_mask"], context, mask, prompt)
     out = {}
     for name, place in (("first", 1), ("repeat", 2)):
         target = batch["target"].masked_fill(places != place, IGNORE_INDEX)

@@ -21,6 +21,6 @@ if [ "$which" = classifier ] || [ "$which" = both ]; then
 fi
 if [ "$which" = staria ] || [ "$which" = both ]; then
   nohup cadenza music train staria --config configs/staria_small.yaml --resume \
-      train.run_dir="$RUNS/staria_v1" ${INIT_FROM:+model.init_from="$INIT_FROM"} >> "$RUNS/staria_v1.log" 2>&1 &
+      train.run_dir="$RUNS/staria_v1_hint" ${INIT_FROM:+model.init_from="$INIT_FROM"} >> "$RUNS/staria_v1_hint.log" 2>&1 &
 fi
 echo "training in the background; progress: $RUNS/*/logs/version_*/metrics.csv"

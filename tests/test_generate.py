@@ -10,22 +10,23 @@ from cadenza.staria.models import PRESETS, StariaSeq2Seq
 from cadenza.staria.tokenizer import StariaTokenizer
 
 
-def _build(section_positions: bool) -> StariaSeq2Seq:
+def _build(section_positions: bool = False, snippet_hint: bool = False) -> StariaSeq2Seq:
     torch.set_num_threads(1)  # decoding one token at a time: extra threads only add overhead
     torch.manual_seed(0)
-    model = StariaSeq2Seq(PRESETS["tiny"].with_overrides(section_positions=section_positions)).eval()
-    with torch.no_grad():  # non-trivial norm scales and section positions (both start as no-ops)
+    cfg = PRESETS["tiny"].with_overrides(section_positions=section_positions, snippet_hint=snippet_hint)
+    model = StariaSeq2Seq(cfg).eval()
+    with torch.no_grad():  # non-trivial norm scales, section positions and hints (all start as no-ops)
         for name, param in model.named_parameters():
             if "gamma" in name:
                 param.uniform_(-0.5, 0.5)
-            if name.startswith("section_position."):
+            if name.startswith(("section_position.", "snippet_hint.")):
                 param.normal_(0, 0.5)
     return model
 
 
 @pytest.fixture(scope="module")
 def model() -> StariaSeq2Seq:
-    return _build(section_positions=False)
+    return _build()
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +34,15 @@ def positioned_model() -> StariaSeq2Seq:
     return _build(section_positions=True)
 
 
+@pytest.fixture(scope="module")
+def hinted_model() -> StariaSeq2Seq:
+    return _build(section_positions=True, snippet_hint=True)
+
+
 @pytest.mark.parametrize("weight_dtype, tol", [(torch.float32, 1e-4), (torch.float16, 1e-2)])
-@pytest.mark.parametrize("section_positions", [False, True])
-def test_cached_logits_match_uncached_forward(model, positioned_model, section_positions, weight_dtype, tol):
-    model = positioned_model if section_positions else model
+@pytest.mark.parametrize("variant", ["plain", "section positions", "snippet hints"])
+def test_cached_logits_match_uncached_forward(model, positioned_model, hinted_model, variant, weight_dtype, tol):
+    model = {"plain": model, "section positions": positioned_model, "snippet hints": hinted_model}[variant]
     vocab = model.cfg.vocab_size
     sections = StariaTokenizer().section_ids
     prompt = torch.randint(0, vocab, (2, 30))
@@ -49,8 +55,8 @@ def test_cached_logits_match_uncached_forward(model, positioned_model, section_p
     with torch.no_grad():
         reference = model(prompt, prompt_mask, tokens)
         context = model.encode(prompt, prompt_mask)
-    fast = CachedDecoder(model.decoder, weight_dtype, model.section_position)
-    state = fast.start(context, prompt_mask, max_len=64)
+    fast = CachedDecoder(model, weight_dtype)
+    state = fast.start(context, prompt_mask, max_len=64, prompt=prompt)
     # A prefill of 25 tokens, then one token at a time.
     torch.testing.assert_close(fast.forward(tokens[:, :25], state), reference[:, 24], atol=tol, rtol=tol)
     for i in range(25, 40):
@@ -84,11 +90,11 @@ def _snippets(tok: StariaTokenizer, letters: str) -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("form, repeat, section_positions", [
-    ("ABA", "copy", False), ("ABAC", "free", False), ("AABB", "copy", False), ("ABCA", "free", False),
-    ("ABAC", "free", True)])
-def test_generation_follows_the_form_plan(model, positioned_model, form, repeat, section_positions):
-    gen = StariaGenerator(positioned_model if section_positions else model)
+@pytest.mark.parametrize("form, repeat, variant", [
+    ("ABA", "copy", "plain"), ("ABAC", "free", "plain"), ("AABB", "copy", "plain"), ("ABCA", "free", "plain"),
+    ("ABAC", "free", "snippet hints")])
+def test_generation_follows_the_form_plan(model, hinted_model, form, repeat, variant):
+    gen = StariaGenerator(hinted_model if variant == "snippet hints" else model)
     prompt = gen.prompt(form, _snippets(gen.tok, "ABCD"))
     cfg = GenerationConfig(max_tokens=240, seed=3, cfg_scale=1.5, repeat=repeat)
     pieces = gen.generate_ids(form, [prompt, prompt, prompt], cfg)
@@ -204,3 +210,28 @@ def test_the_generator_takes_the_faster_weight_dtype_of_this_cpu(model):
     chosen = fastest_weight_dtype(3 * dim, dim)
     assert chosen in (torch.float32, torch.float16)
     assert StariaGenerator(model).decoder.blocks[0].qkv.dtype == chosen
+
+
+def test_snippet_hint_is_the_snippets_next_token_at_the_same_offset(hinted_model):
+    """Piece token k of section A is hinted with token k + 1 of A's snippet; nothing past the snippet, for a
+    letter the prompt lacks, or when the prompt is masked (guidance's unconditional branch)."""
+    from cadenza.staria.models import SnippetHint
+
+    tok = StariaTokenizer()
+    gen = StariaGenerator(hinted_model)
+    snippets = {letter: ids[:12] for letter, ids in _snippets(tok, "AB").items()}
+    prompt = torch.as_tensor(gen.prompt("AB", snippets, snippet_len=6))[None]
+    body = prompt[0, 3:9].tolist()  # <PROMPT_START> <FORM> <A_SECTION> then A's 6 snippet tokens
+    piece = torch.as_tensor([tok.bos_id, tok.section_token_id("A"), *body, *body[:3],
+                             tok.section_token_id("C"), *body[:2]])[None]
+    position = hinted_model.section_position
+    letters, offsets = position.locate(piece)
+    none = hinted_model.cfg.vocab_size
+    hinted = SnippetHint.lookup(hinted_model.hint_table(prompt, torch.ones_like(prompt, dtype=torch.bool)),
+                                letters, offsets)[0].tolist()
+    assert hinted[1:7] == body  # the section token hints the first body token, and so on
+    assert hinted[7:11] == [none] * 4  # past the snippet's end
+    assert hinted[11:] == [none] * 3  # letter C has no snippet
+    masked = torch.ones_like(prompt, dtype=torch.bool)
+    masked[:, 2:] = False
+    assert set(SnippetHint.lookup(hinted_model.hint_table(prompt, masked), letters, offsets)[0].tolist()) == {none}

@@ -33,7 +33,7 @@ from x_transformers.x_transformers import LayerNorm as XLayerNorm
 
 from cadenza.core.fast_decoder import attend as _attend
 from cadenza.core.fast_decoder import project as _project
-from cadenza.staria.models import SectionPosition
+from cadenza.staria.models import SectionPosition, SnippetHint, StariaSeq2Seq
 
 
 @dataclass
@@ -62,17 +62,22 @@ class _FeedForward:
 
 
 class CachedDecoder:
-    """The weights of an x-transformers `TransformerWrapper(Decoder(cross_attend=True))` for fast decoding,
-    with the generator's `SectionPosition` embeddings if it has them (tracked per row as tokens are fed)."""
+    """The weights of a generator's decoder (an x-transformers `TransformerWrapper(Decoder(cross_attend=True))`)
+    for fast decoding, with its section positions and snippet hints if it has them (tracked per row as
+    tokens are fed)."""
 
-    def __init__(self, decoder: TransformerWrapper, weight_dtype: torch.dtype = torch.float32,
-                 section_position: SectionPosition | None = None) -> None:
+    def __init__(self, model: StariaSeq2Seq, weight_dtype: torch.dtype = torch.float32) -> None:
+        decoder = model.decoder
         layers = decoder.attn_layers
-        self.section_position = section_position
-        if section_position is not None:  # single-token steps read a precomputed (letter, offset) table
-            self.section_table = section_position.table().detach()
-            self.letter_of = torch.zeros(decoder.token_emb.emb.weight.shape[0], dtype=torch.long)
-            self.letter_of[section_position.section_ids] = torch.arange(1, len(section_position.section_ids) + 1)
+        self.section_position, self.vocab_size = model.section_position, model.cfg.vocab_size
+        if self.section_position is not None:  # single-token steps read a precomputed (letter, offset) table
+            self.section_table = self.section_position.table().detach()
+            self.letter_of = torch.zeros(self.vocab_size, dtype=torch.long)
+            self.letter_of[self.section_position.section_ids] = torch.arange(1, len(self.section_position.section_ids) + 1)
+        self.hint_vectors = None  # every token's hint vector, and zeros (row vocab_size) for no hint
+        if model.snippet_hint is not None:
+            ids = torch.arange(self.vocab_size + 1)
+            self.hint_vectors = model.snippet_hint(ids, decoder.token_emb.emb.weight).detach()
         if layers.rotary_pos_emb is None or not layers.causal:
             raise ValueError("CachedDecoder expects a causal x-transformers decoder with rotary positions")
         self.embedding = decoder.token_emb.emb.weight.detach()
@@ -111,8 +116,10 @@ class CachedDecoder:
 
     # ---- state ----------------------------------------------------------------------------------
 
-    def start(self, context: torch.Tensor, context_mask: torch.Tensor, max_len: int) -> "DecodeState":
-        """Cache cross-attention keys/values for a batch of encoder states and allocate the KV cache."""
+    def start(self, context: torch.Tensor, context_mask: torch.Tensor, max_len: int,
+              prompt: torch.Tensor | None = None) -> "DecodeState":
+        """Cache cross-attention keys/values for a batch of encoder states and allocate the KV cache;
+        `prompt` (the ids the context encodes) is needed with snippet hints."""
         batch, length, _ = context.shape
         cross = []
         for block in self.blocks:
@@ -136,8 +143,13 @@ class CachedDecoder:
         if not bool(context_mask.all()):
             bias = torch.zeros(context_mask.shape, dtype=context.dtype).masked_fill(~context_mask, float("-inf"))
             bias = bias[:, None, None, :].expand(batch, self.heads, 1, length).reshape(batch * self.heads, 1, length)
+        hints = None
+        if self.hint_vectors is not None:
+            if prompt is None:
+                raise ValueError("a model with snippet hints decodes with its prompt ids: pass prompt")
+            hints = SnippetHint.table(self.section_position, prompt, context_mask, none=self.vocab_size)
         return DecodeState(cross, bias, cache_k, cache_v, cos, sin, self._pair_swap(),
-                           letter=torch.zeros(batch, dtype=torch.long), offset=torch.full((batch,), -1))
+                           letter=torch.zeros(batch, dtype=torch.long), offset=torch.full((batch,), -1), hints=hints)
 
     def _pair_swap(self) -> torch.Tensor:
         """Feature order swapping each adjacent pair of the first rot_dim features (identity after)."""
@@ -162,17 +174,23 @@ class CachedDecoder:
         often allows only onsets or only durations: computing 500 logits instead of 25k)."""
         return F.linear(hidden, self.to_logits[rows])
 
-    def _section_positions(self, tokens: torch.Tensor, state: "DecodeState") -> torch.Tensor:
-        """Section position embeddings (batch * n, dim) of tokens, advancing each row's letter and offset."""
+    def _section_inputs(self, tokens: torch.Tensor, state: "DecodeState") -> torch.Tensor:
+        """Section position embeddings (+ snippet hints) (batch * n, dim) of tokens, advancing each row's
+        letter and offset."""
         if tokens.shape[1] > 1:
             letters, offsets = self.section_position.locate(tokens, state.letter, state.offset)
             state.letter, state.offset = letters[:, -1], offsets[:, -1]
-            return self.section_position.embed(letters, offsets).flatten(0, 1)
-        letter = self.letter_of[tokens[:, 0]]
-        starts = letter > 0
-        state.letter = torch.where(starts, letter, state.letter)
-        state.offset = torch.where(starts, 0, state.offset + 1)
-        return self.section_table[state.letter, state.offset.clamp(max=self.section_table.shape[1] - 1)]
+            extra = self.section_position.embed(letters, offsets)
+        else:
+            letter = self.letter_of[tokens[:, 0]]
+            starts = letter > 0
+            state.letter = torch.where(starts, letter, state.letter)
+            state.offset = torch.where(starts, 0, state.offset + 1)
+            letters, offsets = state.letter[:, None], state.offset[:, None]
+            extra = self.section_table[letters, offsets.clamp(max=self.section_table.shape[1] - 1)]
+        if state.hints is not None:
+            extra = extra + self.hint_vectors[SnippetHint.lookup(state.hints, letters, offsets)]
+        return extra.flatten(0, 1)
 
     @torch.inference_mode()
     def hidden(self, tokens: torch.Tensor, state: "DecodeState") -> torch.Tensor:
@@ -184,7 +202,7 @@ class CachedDecoder:
         causal = _causal(start, n)
         h = F.embedding(tokens.reshape(-1), self.embedding)  # (batch * n, dim)
         if self.section_position is not None:
-            h = h + self._section_positions(tokens, state)
+            h = h + self._section_inputs(tokens, state)
         self_index = cross_index = 0
         for block in self.blocks:
             x = F.layer_norm(h, (self.dim,), weight=block.norm)
@@ -227,8 +245,8 @@ def _causal(start: int, n: int) -> torch.Tensor | None:
 
 @dataclass
 class DecodeState:
-    """Per-batch decoding state: cross-attention K/V, the self-attention KV cache, rotary tables, and the
-    section letter and offset of each row's last token (for section positions)."""
+    """Per-batch decoding state: cross-attention K/V, the self-attention KV cache, rotary tables, the
+    section letter and offset of each row's last token (for section positions) and the snippet hints."""
 
     cross: list[tuple[torch.Tensor, torch.Tensor]]
     context_bias: torch.Tensor | None
@@ -239,4 +257,5 @@ class DecodeState:
     pair_swap: torch.Tensor
     letter: torch.Tensor
     offset: torch.Tensor
+    hints: torch.Tensor | None = None  # snippet hint table (batch, letters, offsets) of the prompt
     length: int = 0

@@ -114,8 +114,7 @@ class StariaGenerator:
         # Projection weights in float16 or float32, whichever this CPU multiplies faster (logits within 1e-2
         # of float32 in float16, tested): ~1.3x faster steps on one CPU, 2.5x slower on another.
         dim = model.cfg.dim
-        self.decoder = CachedDecoder(model.decoder, weight_dtype=fastest_weight_dtype(3 * dim, dim),
-                                     section_position=model.section_position)
+        self.decoder = CachedDecoder(model, weight_dtype=fastest_weight_dtype(3 * dim, dim))
         self.kinds = torch.as_tensor(self.tok.kinds(np.arange(self.tok.vocab_size)))
         features = self.tok.note_features()
         self.note_key = (features[:, 2] * 1000 + features[:, 0]).tolist()  # instrument and pitch of a note id
@@ -194,7 +193,8 @@ class StariaGenerator:
             uncond_mask = prompt_mask.clone()
             uncond_mask[:, UNCONDITIONAL_LEN:] = False
             prompt_batch, prompt_mask = torch.cat([prompt_batch, prompt_batch]), torch.cat([prompt_mask, uncond_mask])
-        state = self.decoder.start(self.model.encode(prompt_batch, prompt_mask), prompt_mask, cfg.max_tokens + 64)
+        state = self.decoder.start(self.model.encode(prompt_batch, prompt_mask), prompt_mask, cfg.max_tokens + 64,
+                                   prompt_batch)
         # Budgets such that every section may run to max_fraction and the piece still fits max_tokens.
         budget = cfg.section_tokens or int((cfg.max_tokens - width - len(form)) / (len(form) * cfg.max_fraction))
         # Rows with fewer instruments repeat their first prefix token so that the batch starts aligned.

@@ -203,7 +203,8 @@ class GeneratorTask(_Task):
         if stage == "train":
             prompt_mask = drop_prompts(prompt_mask, self.prompt_dropout)
         context = self.model.encode(batch["encoder_input"], prompt_mask)
-        hidden = self.model.decode(batch["decoder_input"], batch["decoder_mask"], context, prompt_mask)
+        hidden = self.model.decode(batch["decoder_input"], batch["decoder_mask"], context, prompt_mask,
+                                   batch["encoder_input"])
         loss = self.loss_fn(hidden, self.model.decoder.to_logits.weight, batch["decoder_input"], batch["target"])
         self._log(stage, {"loss": loss, "ppl": loss.detach().exp()}, hidden.shape[0])
         return loss

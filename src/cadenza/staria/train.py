@@ -62,14 +62,14 @@ def model_config(section: dict[str, Any]) -> StariaConfig:
 
 def init_weights(model: Any, directory: str | Path, task: str) -> None:
     """Load the weights of an exported model directory into `model`. Strict (the shapes must fit), except
-    that a generator may gain section positions its source lacks: they start at zero (`SectionPosition`)."""
+    that a generator may gain section positions or snippet hints its source lacks: they start as no-ops."""
     state_dict, document = load_pretrained(directory, kind="StariaConfig")
     exported_task = document["extra"].get("task")
     if exported_task is not None and exported_task != task:
         raise CheckpointError(f"{directory}: holds a '{exported_task}' model; cannot initialise '{task}' from it")
     try:
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
-        missing = [k for k in missing if not k.startswith("section_position.")]
+        missing = [k for k in missing if not k.startswith(("section_position.", "snippet_hint."))]
         if missing or unexpected:
             raise RuntimeError(f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
     except RuntimeError as e:
