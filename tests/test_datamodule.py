@@ -69,6 +69,25 @@ def test_snippet_prompt_layout(synth_pieces, tok):
     assert np.array_equal(snippet_prompt(tok, ids, form=None)[1:2], [tok.section_token_id("A")])
 
 
+def test_training_cuts_snippets_to_random_lengths_and_validation_does_not(synthetic_corpus, tok):
+    data = StariaDataModule(synthetic_corpus, prompt=True, form_token=True, snippet_len=64, min_snippet_len=8)
+    data.setup()
+    train, val = data.datasets["train"], data.datasets["val"]
+
+    def snippet_lengths(prompt: np.ndarray) -> list[int]:
+        marks = [*np.flatnonzero(np.isin(prompt, tok.section_ids)), len(prompt) - 1]
+        return [b - a - 1 for a, b in zip(marks, marks[1:])]
+
+    torch.manual_seed(0)
+    lengths = [n for k in range(len(train)) for _ in range(3) for n in snippet_lengths(train[k]["encoder_input"])]
+    assert min(lengths) >= 8 and max(lengths) <= 64 and len(set(lengths)) > 10
+    full = [snippet_lengths(snippet_prompt(tok, val.pieces.ids(k), 64, val.pieces.row(k)["form"]))
+            for k in range(len(val))]
+    assert [snippet_lengths(val[k]["encoder_input"]) for k in range(len(val))] == full
+    with pytest.raises(ValueError, match="min_snippet_len"):
+        GenerativeDataset(val.pieces, tok, prompt=True, snippet_len=64, min_snippet_len=65)
+
+
 def test_generative_with_prompt_batch(synthetic_corpus, real_corpus, tok):
     pieces = Pieces.of_split([TokenCache(synthetic_corpus), TokenCache(real_corpus)], "val")
     ds = GenerativeDataset(pieces, tok, max_seq_len=4096, prompt=True, form_token=True)

@@ -2,7 +2,9 @@
 
 - `generative`: a piece up to `max_seq_len` tokens as shifted decoder input / target. With `prompt`,
   the encoder input is the piece's own snippet prompt (`prompt.snippet_prompt`: [form token] + per letter
-  the first <= `snippet_len` tokens of that letter's first section); the target is the whole piece.
+  the first <= `snippet_len` tokens of that letter's first section; with `min_snippet_len`, training cuts
+  each letter's snippet to a random length in [min_snippet_len, snippet_len], so the model also learns to
+  go on past a short snippet); the target is the whole piece.
 - `contrastive`: two augmented views (pitch, velocity, tempo) of snippets from two places of the same piece
   (`snippets`); the other pieces of a batch are the negatives.
 - `classification`: the piece without section tokens, its per-token section labels and its form label.
@@ -81,12 +83,17 @@ class Pieces:
 
 
 class GenerativeDataset(Dataset):
-    """Pieces as decoder input / target (shifted by one), optionally with an encoder snippet prompt."""
+    """Pieces as decoder input / target (shifted by one), optionally with an encoder snippet prompt
+    (each letter's snippet cut to a random length >= `min_snippet_len` if given)."""
 
     def __init__(self, pieces: Pieces, tokenizer: StariaTokenizer, max_seq_len: int = 4096,
-                 prompt: bool = False, form_token: bool = False, snippet_len: int = 256) -> None:
+                 prompt: bool = False, form_token: bool = False, snippet_len: int = 256,
+                 min_snippet_len: int | None = None) -> None:
+        if min_snippet_len is not None and not 1 <= min_snippet_len <= snippet_len:
+            raise ValueError(f"min_snippet_len must be in 1..snippet_len ({snippet_len}), got {min_snippet_len}")
         self.pieces, self.tokenizer, self.max_seq_len = pieces, tokenizer, max_seq_len
         self.prompt, self.form_token, self.snippet_len = prompt, form_token, snippet_len
+        self.min_snippet_len = min_snippet_len
 
     def __len__(self) -> int:
         return len(self.pieces)
@@ -97,7 +104,9 @@ class GenerativeDataset(Dataset):
         item = {"decoder_input": tokens[:-1], "target": tokens[1:]}
         if self.prompt:
             form = piece_form(self.pieces.row(k), self.tokenizer, ids) if self.form_token else None
-            item["encoder_input"] = snippet_prompt(self.tokenizer, ids, self.snippet_len, form)
+            rng = _rng() if self.min_snippet_len is not None else None
+            item["encoder_input"] = snippet_prompt(self.tokenizer, ids, self.snippet_len, form,
+                                                   self.min_snippet_len, rng)
         return item
 
 
@@ -216,7 +225,8 @@ class StariaDataModule(LightningDataModule):
 
     def __init__(self, corpora: CorpusSpec | Sequence[CorpusSpec], task: str = "generative",
                  batch_size: int = 8, max_seq_len: int = 4096, prompt: bool = False, form_token: bool = False,
-                 snippet_len: int = 256, num_workers: int = 0, samples_per_epoch: int | None = None) -> None:
+                 snippet_len: int = 256, num_workers: int = 0, samples_per_epoch: int | None = None,
+                 min_snippet_len: int | None = None) -> None:
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
@@ -224,6 +234,7 @@ class StariaDataModule(LightningDataModule):
         self.task, self.batch_size, self.max_seq_len = task, batch_size, max_seq_len
         self.prompt, self.form_token, self.snippet_len = prompt, form_token, snippet_len
         self.num_workers, self.samples_per_epoch = num_workers, samples_per_epoch
+        self.min_snippet_len = min_snippet_len  # training only: validation keeps fixed snippets
         self.tokenizer = StariaTokenizer()
         self.collate = Collator(task, self.tokenizer.pad_id)
         self.datasets: dict[str, Dataset] = {}
@@ -234,13 +245,13 @@ class StariaDataModule(LightningDataModule):
             return
         self.caches = [TokenCache(path) for path, _ in self.corpora]
         for split in ("train", "val", "test"):
-            self.datasets[split] = self.dataset(Pieces.of_split(self.caches, split))
+            self.datasets[split] = self.dataset(Pieces.of_split(self.caches, split), train=split == "train")
 
-    def dataset(self, pieces: Pieces) -> Dataset:
-        """The task's dataset over `pieces`."""
+    def dataset(self, pieces: Pieces, train: bool = False) -> Dataset:
+        """The task's dataset over `pieces` (`train`: with training's random snippet lengths)."""
         if self.task == "generative":
             return GenerativeDataset(pieces, self.tokenizer, self.max_seq_len, self.prompt, self.form_token,
-                                     self.snippet_len)
+                                     self.snippet_len, self.min_snippet_len if train else None)
         if self.task == "contrastive":
             return ContrastiveDataset(pieces, self.tokenizer, self.snippet_len)
         return ClassificationDataset(pieces, self.tokenizer, self.max_seq_len)

@@ -73,10 +73,15 @@ def encoder_prompt(tokenizer: StariaTokenizer, snippets: dict[str, np.ndarray], 
 
 
 def snippet_prompt(tokenizer: StariaTokenizer, ids: np.ndarray, snippet_len: int = 256,
-                   form: str | None = None) -> np.ndarray:
+                   form: str | None = None, min_len: int | None = None,
+                   rng: np.random.Generator | None = None) -> np.ndarray:
     """The training prompt of a piece: its own sections' snippets (a piece without section tokens gives
-    the empty prompt <PROMPT_START> [<FORM>] <PROMPT_END>)."""
-    return encoder_prompt(tokenizer, section_snippets(tokenizer, ids), snippet_len, form)
+    the empty prompt <PROMPT_START> [<FORM>] <PROMPT_END>). With `min_len`, each letter's snippet is cut to
+    a random length in [min_len, snippet_len] drawn from `rng`."""
+    snippets = section_snippets(tokenizer, ids)
+    if min_len is not None:
+        snippets = {letter: body[:rng.integers(min_len, snippet_len + 1)] for letter, body in snippets.items()}
+    return encoder_prompt(tokenizer, snippets, snippet_len, form)
 
 
 def unconditional_prompt(tokenizer: StariaTokenizer, form: str) -> np.ndarray:

@@ -39,7 +39,7 @@ def default_config(task: str) -> dict[str, Any]:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     return {
         "model": {"preset": "small", "init_from": None, **{f.name: None for f in fields(StariaConfig)}},
-        "data": {"corpora": [], "max_seq_len": 1024, "snippet_len": 256, "form_token": True,
+        "data": {"corpora": [], "max_seq_len": 1024, "snippet_len": 256, "min_snippet_len": None, "form_token": True,
                  "samples_per_epoch": None},
         "task": dict(TASK_DEFAULTS[task]),
         "train": asdict(TrainConfig()),
@@ -90,7 +90,7 @@ def train(task: str, config_path: str | Path | None = None, overrides: list[str]
         data["corpora"], task=DATA_TASK[task], batch_size=train_cfg.batch_size,
         max_seq_len=min(data["max_seq_len"], model_cfg.max_seq_len), prompt=DATA_TASK[task] == "generative",
         form_token=data["form_token"], snippet_len=data["snippet_len"], num_workers=train_cfg.num_workers,
-        samples_per_epoch=data["samples_per_epoch"],
+        samples_per_epoch=data["samples_per_epoch"], min_snippet_len=data["min_snippet_len"],
     )
     module = TASKS[task](model_cfg, train_cfg, **cfg["task"])
     if cfg["model"]["init_from"] is not None:
