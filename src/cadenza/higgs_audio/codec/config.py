@@ -42,6 +42,9 @@ class CodecConfig:
     # reading the latent, added to the linear projection (0 = the projection alone, as v3's first run).
     semantic_blocks: int = 0
     semantic_hidden: int = 256
+    # Share of training steps (with quantizer dropout) that decode from codebook 0 alone, so that it decodes to
+    # intelligible speech by itself (0.0625 = as often as each other codebook count, 0.5 / 8).
+    semantic_only_share: float = 0.0625
     n_phonemes: int = 0  # CTC head classes (phoneme symbols + blank); 0 = no head
     # decoder
     dec_dim: int = 384

@@ -185,8 +185,8 @@ class Codec(nn.Module):
             # full-bitrate reconstruction strong while fewer codebooks still decode.
             dropout = random.random() < self.cfg.quantizer_dropout
             self.quantizer.quantize_dropout = dropout
-            # With a semantic codebook, "the first 1" must decode too: as often as each other count.
-            acoustic = not (dropout and self.semantic is not None and random.random() < 1 / self.cfg.num_quantizers)
+            # With a semantic codebook, "the first 1" must decode too.
+            acoustic = not (self.semantic is not None and random.random() < self.cfg.semantic_only_share)
         quantized, codes, commit = self.quantize(latent, acoustic)
         return self.decoder(quantized), commit, codes
 
