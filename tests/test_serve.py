@@ -299,7 +299,21 @@ def test_burst_of_requests_gets_only_200_or_503(url):
     _ok(url)
 
 
-def test_api_key_and_timeout(engine, tmp_path):
+@pytest.fixture
+def never_stops(engine, monkeypatch):
+    """Codebook 0 never samples EOS: a request runs to its max_new_tokens (the untrained test model samples
+    EOS now and then, and a request that stopped early answered 200 where a timeout was due: CI, once)."""
+    original, eos = engine.decoder.audio_logits, engine.config.audio_stream_eos_id
+
+    def audio_logits(hidden):
+        logits = original(hidden)
+        logits[..., 0, eos] = float("-inf")
+        return logits
+
+    monkeypatch.setattr(engine.decoder, "audio_logits", audio_logits)
+
+
+def test_api_key_and_timeout(engine, never_stops, tmp_path):
     app = create_app(ServerConfig(api_key="sesame", voices_dir=tmp_path, timeout=0.5, max_new_tokens=LONG), engine=engine)
     with serve_in_background(app) as base:
         assert http.get(f"{base}/health").status_code == 200
