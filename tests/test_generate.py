@@ -235,3 +235,14 @@ def test_snippet_hint_is_the_snippets_next_token_at_the_same_offset(hinted_model
     masked = torch.ones_like(prompt, dtype=torch.bool)
     masked[:, 2:] = False
     assert set(SnippetHint.lookup(hinted_model.hint_table(prompt, masked), letters, offsets)[0].tolist()) == {none}
+
+
+def test_a_time_token_does_not_move_the_section_offset(positioned_model):
+    """<T> marks absolute time, so a repeat has its <T>s elsewhere: offsets count the other tokens only."""
+    tok = StariaTokenizer()
+    a, t = tok.section_token_id("A"), tok.time_id
+    first = torch.as_tensor([[a, 100, 101, t, 102, 103]])
+    repeat = torch.as_tensor([[a, 100, t, 101, 102, 103]])
+    _, first_offsets = positioned_model.section_position.locate(first)
+    _, repeat_offsets = positioned_model.section_position.locate(repeat)
+    assert first_offsets[0].tolist() == [0, 1, 2, 2, 3, 4] and repeat_offsets[0].tolist() == [0, 1, 1, 2, 3, 4]

@@ -69,11 +69,12 @@ class CachedDecoder:
     def __init__(self, model: StariaSeq2Seq, weight_dtype: torch.dtype = torch.float32) -> None:
         decoder = model.decoder
         layers = decoder.attn_layers
-        self.section_position, self.vocab_size = model.section_position, model.cfg.vocab_size
-        if self.section_position is not None:  # single-token steps read a precomputed (letter, offset) table
-            self.section_table = self.section_position.table().detach()
+        position = self.section_position = model.section_position
+        self.vocab_size = model.cfg.vocab_size
+        if position is not None:  # single-token steps read a precomputed (letter, offset) table
+            self.section_table = position.table().detach()
             self.letter_of = torch.zeros(self.vocab_size, dtype=torch.long)
-            self.letter_of[self.section_position.section_ids] = torch.arange(1, len(self.section_position.section_ids) + 1)
+            self.letter_of[position.section_ids] = torch.arange(1, len(position.section_ids) + 1)
         self.hint_vectors = None  # every token's hint vector, and zeros (row vocab_size) for no hint
         if model.snippet_hint is not None:
             ids = torch.arange(self.vocab_size + 1)
@@ -185,7 +186,8 @@ class CachedDecoder:
             letter = self.letter_of[tokens[:, 0]]
             starts = letter > 0
             state.letter = torch.where(starts, letter, state.letter)
-            state.offset = torch.where(starts, 0, state.offset + 1)
+            counted = (tokens[:, 0] != self.section_position.time_id).long()  # <T> does not move the offset
+            state.offset = torch.where(starts, 0, state.offset + counted)
             letters, offsets = state.letter[:, None], state.offset[:, None]
             extra = self.section_table[letters, offsets.clamp(max=self.section_table.shape[1] - 1)]
         if state.hints is not None:

@@ -132,7 +132,9 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1) -> torch
 
 
 class SectionPosition(nn.Module):
-    """Where a token sits in its section: the section's letter and its distance from the section token.
+    """Where a token sits in its section: the section's letter and how many tokens other than <T> it is
+    past the section token (<T> marks each 5 s of absolute time, so a section repeated at another time has
+    them elsewhere: not counting them keeps the repeat's notes at its first occurrence's offsets).
 
     Embedded and added to the token embeddings of the prompt and of the piece alike, so the k-th token of
     section A in the piece and the k-th token of A's snippet in the prompt share a vector: cross-attention can
@@ -140,14 +142,14 @@ class SectionPosition(nn.Module):
     a model otherwise has to discover from content alone (v0 had not, after 550 steps: issue 16). Offsets are
     sinusoidal features, so nearby offsets look alike (a repeat rarely has exactly as many tokens). Both
     projections start at zero: a model that gains this embedding computes what it computed before.
-    Tokens before the first section token get letter 0 and their position as offset.
+    Tokens before the first section token get letter 0 and their count as offset.
     """
 
     def __init__(self, dim: int, max_offset: int = 1024, features: int = 64) -> None:
         super().__init__()
         self.max_offset = max_offset
         tokenizer = StariaTokenizer()
-        self.prompt_end_id = tokenizer.prompt_end_id
+        self.prompt_end_id, self.time_id = tokenizer.prompt_end_id, tokenizer.time_id
         self.register_buffer("section_ids", torch.as_tensor(tokenizer.section_ids), persistent=False)
         self.register_buffer("inv_freq", 1.0 / max_offset ** (torch.arange(0, features, 2) / features),
                              persistent=False)
@@ -168,7 +170,8 @@ class SectionPosition(nn.Module):
         last = torch.where(is_section, index, -1).cummax(dim=1).values  # latest section token at or before
         own = torch.searchsorted(self.section_ids, ids.clamp(min=0)) + 1
         letters = torch.where(last >= 0, own.gather(1, last.clamp(min=0)), letter[:, None])
-        offsets = torch.where(last >= 0, index - last, offset[:, None] + 1 + index)
+        counted = (ids != self.time_id).long().cumsum(dim=1)  # tokens other than <T>, up to each
+        offsets = torch.where(last >= 0, counted - counted.gather(1, last.clamp(min=0)), offset[:, None] + counted)
         return letters, offsets
 
     def embed(self, letters: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -211,6 +214,7 @@ class SnippetHint(nn.Module):
         letters, offsets = position.locate(prompt)
         body = prompt_mask & (letters > 0) & (offsets > 0) & (offsets < position.max_offset)
         body &= ~torch.isin(prompt, position.section_ids) & (prompt != position.prompt_end_id)
+        body &= prompt != position.time_id  # a <T> shares its offset with the token before it
         table = prompt.new_full((batch, N_SECTIONS + 1, position.max_offset), none)
         rows = torch.arange(batch, device=prompt.device)[:, None].expand_as(prompt)
         table[rows[body], letters[body], offsets[body]] = prompt[body]
