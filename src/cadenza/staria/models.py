@@ -228,8 +228,9 @@ class SnippetHint(nn.Module):
 
     def forward(self, hinted: torch.Tensor, token_embedding: torch.Tensor) -> torch.Tensor:
         """Hint vectors (batch, n, dim) of hinted ids (batch, n); ids past the table (`none`) give zeros."""
-        padded = F.pad(token_embedding, (0, 0, 0, 1))  # row vocab_size: no hint
-        return self.proj(padded[hinted.clamp(max=token_embedding.shape[0])])
+        vocab = token_embedding.shape[0]
+        vectors = token_embedding[hinted.clamp(max=vocab - 1)] * (hinted < vocab).unsqueeze(-1)
+        return self.proj(vectors)  # gathered, not padded: no copy of the whole table per training step
 
 
 class StariaSeq2Seq(nn.Module):
