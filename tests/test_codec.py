@@ -342,6 +342,18 @@ def test_v3_phonetic_codebook_trains_with_ctc_from_a_plain_codec(tmp_path):
     assert tok.decode(tok.encode(speechlike(0.4), sr=SR)[:1]).shape[-1] == int(0.4 * SR)
     with pytest.raises(ValueError, match="semantic_codebook"):
         CodecModule(load_codec_config(TINY_CONFIG)["model"], {"ctc_weight": 1.0})
+    assert "val/mel_codebook0" in metrics
+
+    # A decoder-only stage keeps the codes (encoder, codebooks) exactly as they were and trains the decoder.
+    stage = train(TINY_CONFIG, [*v3, f"data.manifest={tmp_path / 'manifest.jsonl'}", "train.max_steps=2",
+                                "task.freeze_codes=true", f"task.init_from={export}", "model.semantic_only_share=0.5"],
+                  run_dir=tmp_path / "decoder_stage")
+    before, after = load_codec(export).state_dict(), load_codec(stage).state_dict()
+    frozen = [k for k in before if k.startswith(("encoder.", "semantic.", "quantizer."))]
+    assert frozen and [k for k in frozen if not torch.equal(before[k], after[k])] == []
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    with pytest.raises(ValueError, match="freeze_codes"):
+        CodecModule(cfg["model"], {"freeze_codes": True})
 
 
 def test_semantic_adapter_starts_as_a_no_op_and_keeps_chunked_encoding_exact(tmp_path):

@@ -137,6 +137,22 @@ def test_load_config_file_and_overrides(tmp_path):
     assert load_config(path, ["model.dim=1"])["model"]["dim"] == 1
 
 
+def test_a_config_extends_another(tmp_path):
+    (tmp_path / "stage1.yaml").write_text("train:\n  max_steps: 20\n  lr: 3e-4\nmodel:\n  dim: 128\n")
+    (tmp_path / "later").mkdir()
+    stage2 = tmp_path / "later" / "stage2.yaml"
+    stage2.write_text("extends: ../stage1.yaml\ntrain:\n  lr: 1e-4\n")
+    defaults = {"train": config_dict(TrainConfig()), "model": {"dim": 64}}
+    cfg = load_config(stage2, ["train.max_steps=30"], defaults)
+    assert (cfg["train"]["max_steps"], cfg["train"]["lr"], cfg["model"]["dim"]) == (30, 1e-4, 128)
+    (tmp_path / "stage1.yaml").write_text("extends: later/stage2.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(stage2, [], defaults)
+    stage2.write_text("extends: ../missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml: config file not found"):
+        load_config(stage2, [], defaults)
+
+
 def test_config_errors_name_the_key(tmp_path):
     defaults = {"train": config_dict(TrainConfig())}
     bad_file = tmp_path / "bad.yaml"

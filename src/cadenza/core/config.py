@@ -2,6 +2,8 @@
 
 `load_config(path, overrides, defaults)` is what `cadenza music train`, `speech train` and `train-codec` read
 their `--config` and overrides with; a key the defaults do not have is an error that suggests the closest one.
+A file may start from another one with `extends: other.yaml` (a path relative to the file) and change only what
+differs, e.g. a later stage of a training campaign.
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ def parse_value(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def _read_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping a config file holds, on top of the file it `extends` (if any)."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'extends' loops back to a file that extends it")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
@@ -48,7 +53,14 @@ def _read_file(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping of keys to values, got {type(data).__name__}")
-    return data
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'extends' must be the path of another config file, got {base!r}")
+    config = _read_file(path.parent / base, (*seen, path.resolve()))
+    _merge(config, data, str(path), strict=False)
+    return config
 
 
 def _unknown(key: str, known: dict, where: str) -> ConfigError:

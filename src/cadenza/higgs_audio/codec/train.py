@@ -67,6 +67,10 @@ class TaskConfig:
     # a codec directory (save_codec) to start from: every weight whose name and shape match is copied, so a
     # v3 codec starts from v2's encoder, decoder and first 7 codebooks
     init_from: str = ""
+    # train the decoder only: the encoder and quantizers stay as `init_from` made them (no gradients, no codebook
+    # updates), so an LM can already learn the codes while the decoder learns to speak them, e.g. from codebook 0
+    # alone (`model.semantic_only_share` is then the share of steps that decode codebook 0 only)
+    freeze_codes: bool = False
 
 
 # Where the codec's run differs from core's TrainConfig defaults (made for the LMs): a small conv codec trains
@@ -268,6 +272,32 @@ class CodecModule(L.LightningModule):
             from cadenza.higgs_audio.codec.api import load_codec
 
             warm_start(self.codec, load_codec(t.init_from))
+        if t.freeze_codes:
+            if not t.init_from or t.ctc_weight > 0 or self.discriminator is not None:
+                raise ValueError("task.freeze_codes trains the decoder of an existing codec: it needs task.init_from, "
+                                 "and no ctc_weight or adv_weight")
+            for part in self.code_parts():
+                part.requires_grad_(False)
+
+    def code_parts(self) -> list[torch.nn.Module]:
+        """The modules that turn audio into codes (frozen by `task.freeze_codes`)."""
+        return [m for m in (self.codec.encoder, self.codec.semantic, self.codec.quantizer) if m is not None]
+
+    def frozen_forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The decoder-only step of `task.freeze_codes`: (reconstruction, zero commitment, codes) from the first k
+        codebooks, k = 1 on a `semantic_only_share` of steps, else as quantizer dropout would choose it."""
+        for part in self.code_parts():  # in eval mode the codebooks neither move nor replace dead codes
+            part.eval()
+        with torch.no_grad():
+            _, codes, _ = self.codec.quantize(self.codec.encoder(wav))
+        n_q, cfg = codes.shape[1], self.cfg
+        if cfg.semantic_codebook and random.random() < cfg.semantic_only_share:
+            k = 1
+        elif random.random() < cfg.quantizer_dropout:
+            k = random.randint(1 + int(cfg.semantic_codebook), n_q)
+        else:
+            k = n_q
+        return self.codec.decoder(self.codec.dequantize(codes[:, :k])), wav.new_zeros(()), codes
 
     def phoneme_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """CTC loss of codebook 0's phoneme head on whole utterances, its log-probabilities and frame counts."""
@@ -285,7 +315,9 @@ class CodecModule(L.LightningModule):
         if self.discriminator is not None:
             return self._adversarial_step(batch)
         layers = [*self.codec.quantizer.layers] + ([self.codec.semantic.vq] if self.codec.semantic is not None else [])
-        if not all(bool(layer._codebook.initted) for layer in layers):
+        if self.task.freeze_codes:
+            recon, commit, codes = self.frozen_forward(batch)
+        elif not all(bool(layer._codebook.initted) for layer in layers):
             self.codec.quantizer.quantize_dropout = False  # k-means init every codebook on one batch
             recon, commit, codes = self._forward_no_dropout(batch)
         else:
@@ -352,6 +384,9 @@ class CodecModule(L.LightningModule):
         # codebook use: a codec whose later codebooks collapse wastes bitrate
         used = [torch.unique(codes[:, q]).numel() / self.cfg.codebook_size for q in range(codes.shape[1])]
         self.log("val/codebook_use", float(np.mean(used)), sync_dist=True, add_dataloader_idx=False)
+        if self.codec.semantic is not None:  # what the LM's first codebook alone sounds like
+            _, first = self.loss(self.codec.decode(codes[:, :1]), batch, commit)
+            self.log("val/mel_codebook0", first["mel"], sync_dist=True, add_dataloader_idx=False)
 
     def configure_optimizers(self):
         generator = configure_optimizers(self.codec, self.train_cfg)  # no decay on biases and norms
