@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages: MIDI rendering (fluidsynth + a GM soundfont), speech engines (flite, espeak-ng), sentences
-# (fortunes), jemalloc (faster CPU training: scripts/train_speech_small.sh), and Festival voices, which are
+# (fortunes), jemalloc (faster CPU training: scripts/train_speech.sh), and Festival voices, which are
 # held out: used only to evaluate on voices never trained on; chromium + its driver for the web UI's browser test.
 APT_PACKAGES := fluidsynth fluid-soundfont-gm flite espeak-ng fortunes fortunes-min libjemalloc2 \
 	festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium chromium-driver
