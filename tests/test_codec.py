@@ -18,7 +18,7 @@ from cadenza.core.audio import AudioError
 from cadenza.core.checkpoint import ConfigError
 from cadenza.cli import app
 from cadenza.higgs_audio.codec import load_audio_tokenizer
-from cadenza.higgs_audio.codec.api import SHIPPED_DIR, load_codec, save_codec
+from cadenza.higgs_audio.codec.api import SHIPPED_DIR, codec_fingerprint, load_codec, save_codec
 from cadenza.higgs_audio.codec.config import CodecConfig
 from cadenza.higgs_audio.codec.model import Codec, Decoder
 from cadenza.higgs_audio.codec.train import load_codec_config
@@ -352,6 +352,8 @@ def test_v3_phonetic_codebook_trains_with_ctc_from_a_plain_codec(tmp_path):
     frozen = [k for k in before if k.startswith(("encoder.", "semantic.", "quantizer."))]
     assert frozen and [k for k in frozen if not torch.equal(before[k], after[k])] == []
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    # ... so it makes the same codes: an LM trained on them (and a code cache) pairs with either decoder
+    assert codec_fingerprint(stage) == codec_fingerprint(export) != codec_fingerprint(init)
     with pytest.raises(ValueError, match="freeze_codes"):
         CodecModule(cfg["model"], {"freeze_codes": True})
 

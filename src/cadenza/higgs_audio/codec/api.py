@@ -271,9 +271,20 @@ class BatchStreamingDecoder:
 
 
 def codec_fingerprint(path: str | Path | None = None) -> str:
-    """A short hash of the weights of the codec at `path` (the shipped one when None): models and code caches
-    record it, so codes of different codecs never mix."""
-    return hashlib.sha256((Path(path or SHIPPED_DIR) / WEIGHTS).read_bytes()).hexdigest()[:12]
+    """A short hash of the codes a codec makes (the shipped one when None): models and code caches record it, so
+    codes of different codecs never mix. It covers every weight but the decoder's, at float16 precision, so a
+    decoder trained further on frozen codes (`task.freeze_codes`) or a float16 copy keeps the fingerprint."""
+    from safetensors import safe_open
+
+    digest = hashlib.sha256()
+    with safe_open(str(Path(path or SHIPPED_DIR) / WEIGHTS), framework="pt") as weights:
+        for name in sorted(weights.keys()):
+            if name.startswith("decoder."):
+                continue
+            tensor = weights.get_tensor(name)
+            tensor = tensor.half() if tensor.is_floating_point() else tensor
+            digest.update(name.encode() + tensor.numpy().tobytes())
+    return digest.hexdigest()[:12]
 
 
 def load_audio_tokenizer(path: str | Path | None = None, device: str = "cpu") -> AudioTokenizer:
