@@ -1,8 +1,9 @@
 """Do the speech LM's next-frame predictions carry the words, before any sampling? Teacher-forced check.
 
-    python scripts/speech_teacher_forced.py MODEL_DIR [--speaker piper-joe] [--split test] [--n 16]
+    python scripts/speech_teacher_forced.py MODEL_DIR [--codec DIR] [--speaker piper-joe] [--split test] [--n 16]
 
-MODEL_DIR is an exported model (`cadenza speech export`). Each held-out utterance is run as a plain
+MODEL_DIR is an exported model (`cadenza speech export`), CODEC the audio tokenizer it learned the codes of
+(default: the shipped one; any decoder of the same codes will do, see `codec_fingerprint`). Each held-out utterance is run as a plain
 conversation (its transcript, then its true audio, with the aligner's measured frames for a transcript
 pointer), and the model's most likely codebook-0 code at every frame is decoded by the audio tokenizer.
 Whisper tiny.en then transcribes, and the script reports the word error rate of:
@@ -50,6 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir")
     parser.add_argument("--corpus", default="data/speech")
+    parser.add_argument("--codec", default=None, help="audio tokenizer directory (default: the shipped one)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--speaker", default="piper-joe")
     parser.add_argument("--n", type=int, default=16, help="utterances")
@@ -57,9 +59,9 @@ def main() -> None:
     torch.set_num_threads(1)
     model = HiggsAudioModel.from_pretrained(args.model_dir).float().eval()
     tokenizer = TextTokenizer.load(f"{args.model_dir}/{TOKENIZER_FILE}")
-    data = SpeechLMDataset(args.corpus, tokenizer, split=args.split, mix=SampleMix(clone=0, plain=1, dialogue=0),
-                           speakers=[args.speaker])
-    collator, codec, transcribe = HiggsAudioSampleCollator(model.config), load_audio_tokenizer(), Transcriber()
+    data = SpeechLMDataset(args.corpus, tokenizer, split=args.split, codec_dir=args.codec,
+                           mix=SampleMix(clone=0, plain=1, dialogue=0), speakers=[args.speaker])
+    collator, codec, transcribe = HiggsAudioSampleCollator(model.config), load_audio_tokenizer(args.codec), Transcriber()
     errors: dict[str, int] = {"codec": 0, "codec cb0": 0, "predicted cb0": 0, "predicted cb0 + true rest": 0}
     words = right = frames = 0
     for row in random.Random(1).sample(data.rows, min(args.n, len(data.rows))):
