@@ -6,14 +6,15 @@ import torch
 
 from cadenza.staria.fast_decoder import CachedDecoder
 from cadenza.staria.generate import GenerationConfig, StariaGenerator
-from cadenza.staria.models import PRESETS, StariaSeq2Seq
+from cadenza.staria.models import PRESETS, SnippetHint, StariaSeq2Seq
 from cadenza.staria.tokenizer import StariaTokenizer
 
 
-def _build(section_positions: bool = False, snippet_hint: bool = False) -> StariaSeq2Seq:
+def _build(section_positions: bool = False, snippet_hint: bool = False, repeat_hint: bool = False) -> StariaSeq2Seq:
     torch.set_num_threads(1)  # decoding one token at a time: extra threads only add overhead
     torch.manual_seed(0)
-    cfg = PRESETS["tiny"].with_overrides(section_positions=section_positions, snippet_hint=snippet_hint)
+    cfg = PRESETS["tiny"].with_overrides(section_positions=section_positions, snippet_hint=snippet_hint,
+                                         repeat_hint=repeat_hint)
     model = StariaSeq2Seq(cfg).eval()
     with torch.no_grad():  # non-trivial norm scales, section positions and hints (all start as no-ops)
         for name, param in model.named_parameters():
@@ -39,10 +40,17 @@ def hinted_model() -> StariaSeq2Seq:
     return _build(section_positions=True, snippet_hint=True)
 
 
+@pytest.fixture(scope="module")
+def repeat_hinted_model() -> StariaSeq2Seq:
+    return _build(section_positions=True, snippet_hint=True, repeat_hint=True)
+
+
 @pytest.mark.parametrize("weight_dtype, tol", [(torch.float32, 1e-4), (torch.float16, 1e-2)])
-@pytest.mark.parametrize("variant", ["plain", "section positions", "snippet hints"])
-def test_cached_logits_match_uncached_forward(model, positioned_model, hinted_model, variant, weight_dtype, tol):
-    model = {"plain": model, "section positions": positioned_model, "snippet hints": hinted_model}[variant]
+@pytest.mark.parametrize("variant", ["plain", "section positions", "snippet hints", "repeat hints"])
+def test_cached_logits_match_uncached_forward(model, positioned_model, hinted_model, repeat_hinted_model, variant,
+                                              weight_dtype, tol):
+    model = {"plain": model, "section positions": positioned_model, "snippet hints": hinted_model,
+             "repeat hints": repeat_hinted_model}[variant]
     vocab = model.cfg.vocab_size
     sections = StariaTokenizer().section_ids
     prompt = torch.randint(0, vocab, (2, 30))
@@ -51,7 +59,7 @@ def test_cached_logits_match_uncached_forward(model, positioned_model, hinted_mo
     prompt_mask[1, 18:] = False
     tokens = torch.randint(0, vocab, (2, 40))
     tokens[0, [1, 20, 31]] = torch.as_tensor(sections[[0, 1, 0]])  # sections start in the prefill and later
-    tokens[1, [27, 33]] = torch.as_tensor(sections[[2, 0]])
+    tokens[1, [5, 27, 33]] = torch.as_tensor(sections[[2, 0, 2]])
     with torch.no_grad():
         reference = model(prompt, prompt_mask, tokens)
         context = model.encode(prompt, prompt_mask)
@@ -235,6 +243,36 @@ def test_snippet_hint_is_the_snippets_next_token_at_the_same_offset(hinted_model
     masked = torch.ones_like(prompt, dtype=torch.bool)
     masked[:, 2:] = False
     assert set(SnippetHint.lookup(hinted_model.hint_table(prompt, masked), letters, offsets)[0].tolist()) == {none}
+
+
+def test_a_repeat_is_hinted_by_its_first_occurrence_past_its_snippet(repeat_hinted_model):
+    """The second A reads its snippet while there is one, then the first A's next token at the same offset;
+    the first A itself is never hinted by its own (future) tokens."""
+    tok = StariaTokenizer()
+    model = repeat_hinted_model
+    gen = StariaGenerator(model)
+    snippets = {letter: ids[:12] for letter, ids in _snippets(tok, "AB").items()}
+    prompt = torch.as_tensor(gen.prompt("ABA", snippets, snippet_len=4))[None]
+    a, b, t = tok.section_token_id("A"), tok.section_token_id("B"), tok.time_id
+    first_a = [100 + k for k in range(8)]
+    piece = torch.as_tensor([tok.bos_id, a, *first_a, b, 90, 91, a, 200, 201, t, 202, 203, 204, 205, 206, 207])[None]
+    letters, offsets = model.section_position.locate(piece)
+    none = model.cfg.vocab_size
+    snippet = SnippetHint.lookup(model.hint_table(prompt, torch.ones_like(prompt, dtype=torch.bool)), letters, offsets)
+    hinted = model._with_repeat_hints(snippet, piece, None, letters, offsets)[0].tolist()
+    body = prompt[0, 3:7].tolist()  # A's 4 snippet tokens
+    assert hinted[1:5] == body and hinted[5:10] == [none] * 5  # the first A: its snippet, then nothing
+    assert hinted[13:18] == body[:3] + body[2:]  # the second A reads its snippet first (<T> shares an offset) ...
+    assert hinted[18:] == first_a[4:] + [none]  # ... then the first A, as far as it goes
+    # The cached decoder writes the first A as it is fed and hints the repeat the same way.
+    with torch.no_grad():
+        reference = model(prompt, torch.ones_like(prompt, dtype=torch.bool), piece)
+    fast = CachedDecoder(model)
+    state = fast.start(model.encode(prompt, torch.ones_like(prompt, dtype=torch.bool)),
+                       torch.ones_like(prompt, dtype=torch.bool), max_len=32, prompt=prompt)
+    fast.forward(piece[:, :2], state)
+    for i in range(2, piece.shape[1]):
+        torch.testing.assert_close(fast.forward(piece[:, i:i + 1], state), reference[:, i], atol=1e-4, rtol=1e-4)
 
 
 def test_a_time_token_does_not_move_the_section_offset(positioned_model):
