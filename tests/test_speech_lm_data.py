@@ -346,3 +346,29 @@ def test_align_corpus_cli_writes_token_frames_the_dataset_uses(corpus, tokenizer
         item = data.item(index)
         if len(item.audio_codes) < 3:  # a clone or plain conversation: its target's measured frames
             assert item.transcript_frames == frames[row["id"]]
+
+
+def test_a_v3_codec_aligns_with_its_own_phoneme_head(tokenizer):
+    """A v3 codec's codebook-0 phoneme head scores the LM's text tokens: a phoneme symbol its class, a pause
+    the blank, any other token a uniform score; each frame twice, like the trained aligner."""
+    import torch
+
+    from cadenza.higgs_audio.aligner import UPSAMPLE, PhonemeHeadAligner
+    from cadenza.higgs_audio.codec.config import CodecConfig
+    from cadenza.higgs_audio.codec.model import Codec
+    from cadenza.higgs_audio.codec.phonemes import BLANK, PHONEME_CLASSES, phoneme_ids
+    from cadenza.higgs_audio.codec.train import load_codec_config
+
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "codec_tiny.yaml"
+    cfg = load_codec_config(tiny, ["model.semantic_codebook=true", "model.semantic_dim=8",
+                                   f"model.n_phonemes={PHONEME_CLASSES}"])["model"]
+    codec = Codec(CodecConfig.from_dict(cfg)).eval()
+    aligner = PhonemeHeadAligner(codec, tokenizer)
+    codes = torch.randint(0, 1024, (1, 8, 5))
+    with torch.no_grad():
+        scores = aligner(codes, torch.tensor([5]))
+        heads = codec.semantic.phoneme_log_probs(codec.semantic.vq.get_output_from_indices(codes[:, 0]))
+    assert scores.shape == (1, UPSAMPLE * 5, tokenizer.vocab_size)
+    for token, column in (("ə", phoneme_ids("ə")[0]), (".", BLANK)):
+        torch.testing.assert_close(scores[0, ::UPSAMPLE, tokenizer.token_id(token)], heads[0, :, column])
+    assert torch.allclose(scores[0, :, tokenizer.token_id("<|eot_id|>")], torch.tensor(-np.log(PHONEME_CLASSES)).float())

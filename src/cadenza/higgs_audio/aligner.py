@@ -9,7 +9,8 @@ on (two outputs per 25 Hz frame, so fast speech still fits CTC's one step per to
 finds the most likely path of the known transcript through its outputs (CTC Viterbi). `align_corpus` trains
 it on a corpus's train split and writes, for every utterance, the audio frame at which each of its
 transcript tokens is spoken (`frames.jsonl` beside the codes; -1 for tokens that take no time: word gaps,
-stress and length marks, special tokens).
+stress and length marks, special tokens). A v3 codec needs no aligner trained: its codebook 0 has a CTC
+phoneme head of its own (`PhonemeHeadAligner`; training a `CTCAligner` on this corpus takes ~2.5 h of a core).
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from cadenza.higgs_audio.codec.api import codec_fingerprint
+from cadenza.higgs_audio.codec.api import SHIPPED_DIR, codec_fingerprint, load_codec
+from cadenza.higgs_audio.codec.model import Codec
 from cadenza.higgs_audio.dataset import FRAMES_FILE, read_frames
 from cadenza.higgs_audio.manifest import read_manifest
 from cadenza.higgs_audio.speech_metrics import edit_distance
-from cadenza.higgs_audio.text import TextTokenizer, normalize_transcript, phonemize_batch, sounding
+from cadenza.higgs_audio.text import PAUSE_SYMBOLS, TextTokenizer, normalize_transcript, phonemize_batch, sounding
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,34 @@ class CTCAligner(nn.Module):
         packed = nn.utils.rnn.pack_padded_sequence(x, UPSAMPLE * lengths.cpu(), batch_first=True, enforce_sorted=False)
         x, _ = nn.utils.rnn.pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])
         return self.head(x).log_softmax(-1)
+
+
+class PhonemeHeadAligner(nn.Module):
+    """A v3 codec's codebook-0 phoneme head as an aligner over the LM's text tokens: codes [B, n_q, T] ->
+    log-probabilities [B, UPSAMPLE * T, vocab]. A phoneme symbol reads its class, a pause the head's blank
+    (silence), any other sounding token a uniform score; each frame is repeated UPSAMPLE times, so two tokens
+    may start in one frame as with `CTCAligner`."""
+
+    def __init__(self, codec: Codec, tokenizer: TextTokenizer):
+        super().__init__()
+        from cadenza.higgs_audio.codec.phonemes import BLANK, phoneme_ids
+
+        if codec.semantic is None or codec.semantic.phoneme_head is None:
+            raise ValueError("this codec has no phoneme head on codebook 0 (a v3 codec has one)")
+        self.semantic = codec.semantic
+        classes = []
+        for token in tokenizer.vocab:
+            ids = phoneme_ids(token) if len(token) == 1 else []
+            classes.append(ids[0] if ids else BLANK if token in PAUSE_SYMBOLS else -1)
+        classes[tokenizer.pad_id] = BLANK  # the blank of `forced_align`
+        self.register_buffer("classes", torch.tensor(classes), persistent=False)
+
+    def forward(self, codes: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        quantized = self.semantic.vq.get_output_from_indices(codes[:, 0].clamp(min=0))
+        log_probs = self.semantic.phoneme_log_probs(quantized)  # [B, T, n_phonemes]
+        uniform = torch.full_like(log_probs[..., :1], -float(np.log(log_probs.shape[-1])))
+        tokens = torch.cat([log_probs, uniform], -1)[..., self.classes]  # class -1: the uniform column
+        return tokens.repeat_interleave(UPSAMPLE, dim=1)
 
 
 def forced_align(log_probs: np.ndarray, targets: list[int], blank: int = 0) -> np.ndarray:
@@ -188,7 +218,14 @@ def align_corpus(corpus_dir: str | Path, tokenizer: TextTokenizer, codec_dir: st
     if not cache.is_dir():
         raise FileNotFoundError(f"{corpus_dir}: no code cache for this codec; run `cadenza speech encode-corpus {corpus_dir}`")
     weights = cache / "aligner.pt"
-    if weights.exists():
+    codec = load_codec(codec_dir if codec_dir is not None else SHIPPED_DIR)
+    if codec.semantic is not None and codec.semantic.phoneme_head is not None:
+        model = PhonemeHeadAligner(codec, tokenizer).eval()
+        _, val_items = _load(corpus_dir, cache, tokenizer, "val")
+        if val_items:
+            log.info("codec phoneme head's token error rate on the val split: %.3f",
+                     token_error_rate(model, val_items[:500], tokenizer))
+    elif weights.exists():
         model = CTCAligner(tokenizer.vocab_size)
         model.load_state_dict(torch.load(weights, map_location="cpu"))
         model.eval()
