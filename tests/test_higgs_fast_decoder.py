@@ -170,6 +170,8 @@ def test_inverse_cdf_follows_the_filters_per_row():
     # u near 1 lands on the least probable token kept: token 0 (0.05) where nothing filters it, 2 under top-k 2
     assert sample_from_uniforms(rows, torch.full((3,), 0.99), 1.0, torch.tensor([0, 2, 0]))[1:].tolist() == [2, 0]
     assert sample_from_uniforms(rows, torch.full((3,), 0.01), 1.0, torch.tensor([0, 2, 0]))[1:].tolist() == [3, 3]
+    # one temperature of 0 for every row: greedy
+    assert sample_from_uniforms(rows, torch.full((3,), 0.99), 0.0, top_p=0.95).tolist() == [0, 3, 3]
 
 
 def test_repetition_aware_resample_only_where_stuck():

@@ -4,6 +4,7 @@ seeding, batching, the delay pattern in generated output, streaming, cloning pro
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -122,7 +123,10 @@ def test_same_seed_same_audio_other_seed_other_audio(engine):
 def test_batch_gives_each_request_what_it_gets_alone(engine, joe):
     prompts = [_prompt(engine, SENTENCES[0]), _prompt(engine, SENTENCES[1], {0: joe}), _prompt(engine, SENTENCES[2])]
     assert len({len(p.input_ids) for p in prompts}) == 3  # left padding differs per row
-    settings = [_settings(20, 11), _settings(30, 12), _settings(25, 13)]  # rows also finish at different steps
+    # Greedy picks: a random tiny model's probabilities are nearly uniform, so some sampled draws land between
+    # two almost equal ones, which the float rounding of a batch vs a single row (~2e-7 in a logit) can swap.
+    # Anything leaking between rows moves the logits far more than that.
+    settings = [replace(_settings(n, seed), temperature=0.0) for n, seed in ((20, 11), (30, 12), (25, 13))]
     batched = engine.generate_prompts(prompts, settings)
     for prompt, s, b in zip(prompts, settings, batched):
         alone = engine.generate_prompts([prompt], s)[0]

@@ -321,10 +321,10 @@ def test_align_corpus_cli_writes_token_frames_the_dataset_uses(corpus, tokenizer
     shutil.copytree(corpus, copy)
     tokenizer.save(tmp_path / "tokenizer.json")
     result = CliRunner().invoke(app, ["speech", "align-corpus", str(copy), "--text-tokenizer",
-                                      str(tmp_path / "tokenizer.json"), "--epochs", "1"])
+                                      str(tmp_path / "tokenizer.json")])
     assert result.exit_code == 0, result.output
     cache = next((copy / "codes").iterdir())
-    assert (cache / "aligner.pt").exists()
+    assert not (cache / "aligner.pt").exists()  # the shipped v3 codec aligns with its own phoneme head
     frames = {row["id"]: row["frames"] for row in map(json.loads, (cache / "frames.jsonl").read_text().splitlines())}
     assert len(frames) == 18  # every encoded utterance (the broken file has no codes)
     for row in read_manifest(copy):
@@ -335,7 +335,7 @@ def test_align_corpus_cli_writes_token_frames_the_dataset_uses(corpus, tokenizer
             assert np.array_equal(spoken < 0, np.asarray(tokenizer.durations(ids)) == 0)
             n_frames = np.load(cache / f"{row['id']}.npy").shape[1]
             assert (np.diff(spoken[spoken >= 0]) > 0).all() and spoken.max() <= n_frames
-    # a second run keeps what is aligned (and the trained aligner) and only adds new utterances
+    # a second run keeps what is aligned and only adds new utterances
     lines = (cache / "frames.jsonl").read_text().splitlines()
     (cache / "frames.jsonl").write_text("\n".join(lines[1:]) + "\n")
     result = CliRunner().invoke(app, ["speech", "align-corpus", str(copy), "--text-tokenizer", str(tmp_path / "tokenizer.json")])
@@ -346,6 +346,20 @@ def test_align_corpus_cli_writes_token_frames_the_dataset_uses(corpus, tokenizer
         item = data.item(index)
         if len(item.audio_codes) < 3:  # a clone or plain conversation: its target's measured frames
             assert item.transcript_frames == frames[row["id"]]
+
+
+def test_codes_of_a_codec_without_a_phoneme_head_get_a_trained_aligner(corpus, tokenizer, tmp_path):
+    import shutil
+
+    from cadenza.higgs_audio.aligner import align_corpus
+    from cadenza.higgs_audio.codec.api import SHIPPED_DIR
+
+    v2 = SHIPPED_DIR.parent / "codec_v2"
+    copy = tmp_path / "corpus"
+    shutil.copytree(corpus, copy)
+    cache = encode_corpus(copy, v2, progress=False)
+    frames = align_corpus(copy, tokenizer, v2, epochs=1)
+    assert (cache / "aligner.pt").exists() and len(frames.read_text().splitlines()) == 18
 
 
 def test_a_v3_codec_aligns_with_its_own_phoneme_head(tokenizer):

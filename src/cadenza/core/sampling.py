@@ -134,7 +134,9 @@ def sample_from_uniforms(logits: torch.Tensor, uniforms: torch.Tensor, temperatu
     rank = rank.clamp_(max=vocab - 1) if count is None else torch.minimum(rank, (count - 1)[:, None])
     drawn = ranked.gather(-1, rank).cpu().numpy()  # (N, 1)
     picked = torch.from_numpy(np.argmax(probs_np == drawn, axis=-1)).to(device)  # its first token
-    return torch.where(greedy, logits.argmax(dim=-1), picked) if any_greedy else picked
+    if not any_greedy:
+        return picked
+    return torch.where(greedy, logits.argmax(dim=-1), picked) if isinstance(greedy, torch.Tensor) else logits.argmax(-1)
 
 
 def repetition_aware_resample(logits: torch.Tensor, picked: torch.Tensor, history: torch.Tensor,
