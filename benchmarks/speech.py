@@ -20,8 +20,9 @@ depend on when a (possibly untrained) model would stop. Measured in one process,
   request still pays its own codec decode (and, unshared, its prefill), so the ratio cannot exceed
   (batch-1 seconds per request) / (codec decode [+ prefill] seconds per request): printed as `ceiling`.
 - (d) one decode step (forward + heads + sampling, ms) at batch 1 and `--batch`, after a prefill of the same
-  prompt: ours (`HiggsAudioDecoder` with float16 weights + `BatchSampler`, split into forward / heads /
-  sampling; at `--batch` also without prefix sharing), ours with float32 weights, and baseline
+  prompt: ours (`HiggsAudioDecoder` with the weight dtype the engine picks for this CPU + `BatchSampler`, split
+  into forward / heads / sampling; at `--batch` also without prefix sharing), ours with the other dtype
+  (float16 or float32 weights), and baseline
   `previous`: the engine's former step, a `HiggsAudioModel.forward` per step with a growing attention
   mask, both heads and a per-row, per-codebook sampling loop.
 - (e) a batch of `--batch` streams (`engine.stream_prompts`, every request's audio as it becomes final) against
@@ -233,14 +234,15 @@ def our_steps(engine: HiggsAudioServeEngine, decoder: HiggsAudioDecoder, prompt:
 
 def step_comparison(engine: HiggsAudioServeEngine, prompt: ChatMLDatasetSample, batches: list[int], steps: int,
                     rounds: int) -> dict:
-    """Median ms per decode step, per batch size: ours (float16 weights; at batch > 1 also without sharing the
-    prompt prefix), ours with float32 weights, and the previous loop."""
-    fp32 = HiggsAudioDecoder(engine.model, torch.float32)
+    """Median ms per decode step, per batch size: ours (the engine's weight dtype; at batch > 1 also without
+    sharing the prompt prefix), ours with the other weight dtype, and the previous loop."""
+    other = torch.float16 if engine.decoder.weight_dtype == torch.float32 else torch.float32
+    other_decoder = HiggsAudioDecoder(engine.model, other)
     out = {}
     for batch in batches:
         variants = {"previous": lambda b=batch: {"total": previous_steps(engine, prompt, b, steps)},
                     "ours": lambda b=batch: our_steps(engine, engine.decoder, prompt, b, steps),
-                    "ours_float32_weights": lambda b=batch: our_steps(engine, fp32, prompt, b, steps)}
+                    "ours_other_weights": lambda b=batch: our_steps(engine, other_decoder, prompt, b, steps)}
         if batch > 1:
             variants["ours_no_prefix_sharing"] = lambda b=batch: our_steps(engine, engine.decoder, prompt, b, steps,
                                                                           False)
@@ -441,13 +443,14 @@ def main() -> None:
         ("  same, 1-frame chunks", f"{median[stream_b1]:.2f}", f"{median[stream_b]:.2f}", "5-frame chunks",
          f"{median[stream_b1] / median[stream_b]:.2f}x", ""),
     ]
+    other_name = "float16" if engine.decoder.weight_dtype == torch.float32 else "float32"
     for batch in (1, args.batch):
         row = step_ms[f"batch_{batch}"]
         ours, previous = row["ours"], row["previous"]["total"]
         rows.append((f"ms per step, batch {batch}", f"{ours['total']:.2f}", f"{previous:.2f}", "previous step loop",
                      f"{row['ratio_previous_over_ours']:.1f}x",
                      f"fwd {ours['forward']:.2f} heads {ours['heads']:.2f} sampling {ours['sampling']:.2f}; "
-                     f"fp32 weights {row['ours_float32_weights']['total']:.2f}"
+                     f"{other_name} weights {row['ours_other_weights']['total']:.2f}"
                      + (f"; unshared {row['ours_no_prefix_sharing']['total']:.2f}" if batch > 1 else "")))
     for row in rows:
         print(f"{row[0]:<34}{row[1]:>10}{row[2]:>12}  {row[3]:<28}{row[4]:>8}  {row[5]:<10}")
