@@ -112,3 +112,18 @@ def build_tiny_speech_model():
 def tiny_speech_model(tmp_path_factory) -> Path:
     """One random tiny speech model directory for the session (seed 0)."""
     return _build_tiny_speech_model(tmp_path_factory.mktemp("tiny_speech_model"))
+
+
+@pytest.fixture
+def never_stops(engine, monkeypatch):
+    """Codebook 0 never samples EOS: a request runs to its max_new_tokens (the untrained test model samples
+    EOS now and then: a request that stopped early answered 200 where a timeout was due, CI once; a chunk
+    that stopped early left a long-form request short). Needs the test module's `engine` fixture."""
+    original, eos = engine.decoder.audio_logits, engine.config.audio_stream_eos_id
+
+    def audio_logits(hidden):
+        logits = original(hidden)
+        logits[..., 0, eos] = float("-inf")
+        return logits
+
+    monkeypatch.setattr(engine.decoder, "audio_logits", audio_logits)

@@ -140,7 +140,7 @@ def test_sse_speech_events(url):
     assert events[-1]["usage"]["output_tokens"] == STEPS
 
 
-def test_long_text_is_spoken_to_the_end(url, engine):
+def test_long_text_is_spoken_to_the_end(url, engine, never_stops):
     steps = 49  # 40 frames: 4 words at a reading pace
     app = create_app(ServerConfig(chunk_words=4, max_new_tokens=steps), engine=engine)
     text = "One two three four. Five six seven eight. Nine ten eleven twelve."
@@ -297,20 +297,6 @@ def test_burst_of_requests_gets_only_200_or_503(url):
     assert all(retry and int(retry) >= 1 for status, retry in answers if status == 503)
     print(f"burst of 200: {statuses.count(200)} x 200, {statuses.count(503)} x 503")
     _ok(url)
-
-
-@pytest.fixture
-def never_stops(engine, monkeypatch):
-    """Codebook 0 never samples EOS: a request runs to its max_new_tokens (the untrained test model samples
-    EOS now and then, and a request that stopped early answered 200 where a timeout was due: CI, once)."""
-    original, eos = engine.decoder.audio_logits, engine.config.audio_stream_eos_id
-
-    def audio_logits(hidden):
-        logits = original(hidden)
-        logits[..., 0, eos] = float("-inf")
-        return logits
-
-    monkeypatch.setattr(engine.decoder, "audio_logits", audio_logits)
 
 
 def test_api_key_and_timeout(engine, never_stops, tmp_path):
