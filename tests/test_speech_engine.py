@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -571,3 +572,25 @@ def test_reference_codes_follow_the_file_and_the_cache_is_bounded(engine, tmp_pa
     for n in range(4):
         engine.audio_codes(AudioContent(audio_url=str(path), duration=0.2 + 0.1 * n))
     assert len(engine._codes_cache) == 2
+
+
+def test_joe_says_held_out_sentences_when_the_corpus_keeps_joe_in_train(tmp_path):
+    """Voices are split by speaker, so piper-joe has no test utterances: the joe group takes the test split's
+    sentences, and Piper joe says each one for the engine's own WER."""
+    import json
+
+    from cadenza.higgs_audio.corpus_voices import engine_available
+    from cadenza.higgs_audio.tts_eval import build_cases
+
+    rows = [{"id": "a", "audio": "a.wav", "text": "This is joe in the training split.", "speaker": "piper-joe",
+             "duration": 2.0, "split": "train"},
+            {"id": "b", "audio": "b.wav", "text": "A sentence nobody trained on at all.", "speaker": "flite-slt",
+             "duration": 2.0, "split": "test"},
+            {"id": "c", "audio": "c.wav", "text": "Another one held out for the test.", "speaker": "flite-slt",
+             "duration": 2.0, "split": "test"}]
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cases = build_cases(tmp_path, joe=2, per_voice=0, festival=False, work_dir=tmp_path / "work")
+    assert sorted(c.text for c in cases) == sorted(r["text"] for r in rows[1:])
+    assert all(c.group == "joe" and c.voice == "joe" for c in cases)
+    if engine_available("piper"):
+        assert all(Path(c.engine_audio).is_file() for c in cases)

@@ -68,14 +68,12 @@ def build_cases(corpus_dir: str | Path, joe: int = 30, per_voice: int = 4, festi
     rng = random.Random(seed)
     train_speakers = {r["speaker"] for r in rows if r["split"] == "train"}
     test = [r for r in rows if r["split"] == "test"]
-    joe_rows = [r for r in test if r["speaker"] == "piper-joe"]
-    rng.shuffle(joe_rows)
     joe_preset = voices().get("joe")
     cases = []
-    if joe_preset is not None:
+    if joe_preset is not None and joe:
         ref_text = joe_preset.with_suffix(".txt").read_text().strip()
-        cases += [Case("joe", "joe", r["text"], str(joe_preset), ref_text, str(corpus_dir / r["audio"]))
-                  for r in joe_rows[:joe]]
+        cases += [Case("joe", "joe", text, str(joe_preset), ref_text, audio)
+                  for text, audio in _joe_sentences(corpus_dir, test, joe, Path(work_dir) / "joe", rng)]
     by_speaker = defaultdict(list)
     for r in test:
         if r["speaker"] not in train_speakers:
@@ -101,6 +99,34 @@ def build_cases(corpus_dir: str | Path, joe: int = 30, per_voice: int = 4, festi
             ref, targets = voice_clips[0], voice_clips[1:]
             cases += [Case("festival", voice, c.text, ref.audio, ref.text, c.audio) for c in targets]
     return cases
+
+
+def _joe_sentences(corpus_dir: Path, test: list[dict], n: int, work_dir: Path,
+                   rng: random.Random) -> list[tuple[str, str | None]]:
+    """n held-out sentences for joe and Piper joe's own speech of each (None without Piper): the corpus'
+    test utterances of piper-joe, or, where the corpus keeps joe in train only (voices are split by speaker),
+    test sentences of other voices, which joe's Piper voice then says here (kept in work_dir)."""
+    joe_rows = [r for r in test if r["speaker"] == "piper-joe"]
+    if joe_rows:
+        rng.shuffle(joe_rows)
+        return [(r["text"], str(corpus_dir / r["audio"])) for r in joe_rows[:n]]
+    from cadenza.higgs_audio.corpus import sentence_hash
+    from cadenza.higgs_audio.corpus_voices import JOE, SAMPLE_RATE, engine_available, synthesize
+
+    sentences = sorted({r["text"] for r in test if 5 <= len(r["text"].split()) <= 16})
+    rng.shuffle(sentences)
+    if not engine_available("piper"):
+        return [(text, None) for text in sentences[:n]]
+    import soundfile as sf
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for text in sentences[:n]:
+        path = work_dir / f"piper-joe_{sentence_hash(text)}.wav"
+        if not path.exists():
+            sf.write(path, synthesize(JOE, text), SAMPLE_RATE)
+        out.append((text, str(path)))
+    return out
 
 
 def evaluate_tts(engine: HiggsAudioServeEngine, cases: list[Case], batch_size: int = 8, seed: int = 0,
