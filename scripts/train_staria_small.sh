@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the data (if missing) and train the small Staria classifier and generator in the background,
 # resuming from their last checkpoints. Runs and data live outside the work tree (RUNS, DATA) so that a
-# new checkout keeps them; logs go to RUNS/*.log. Usage: [INIT_FROM=MODEL_DIR] bash scripts/train_staria_small.sh [classifier|staria|both]
+# new checkout keeps them; logs go to RUNS/*.log. Usage: [INIT_FROM=MODEL_DIR] bash scripts/train_staria_small.sh [classifier|staria|both|encoder]
 # (INIT_FROM: start the generator from an exported model's weights, e.g. src/cadenza/pretrained/staria_small.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,5 +22,9 @@ fi
 if [ "$which" = staria ] || [ "$which" = both ]; then
   nohup cadenza music train staria --config configs/staria_small.yaml --resume \
       train.run_dir="$RUNS/staria_v1_hint" ${INIT_FROM:+model.init_from="$INIT_FROM"} >> "$RUNS/staria_v1_hint.log" 2>&1 &
+fi
+if [ "$which" = encoder ]; then  # the contrastive snippet encoder (NICE: share a core with the campaigns)
+  nohup nice -n "${NICE:-0}" cadenza music train encoder --config configs/staria_encoder_small.yaml --resume \
+      >> "$RUNS/staria_encoder.log" 2>&1 &
 fi
 echo "training in the background; progress: $RUNS/*/logs/version_*/metrics.csv"

@@ -10,11 +10,12 @@ from cadenza.staria.models import PRESETS, SnippetHint, StariaSeq2Seq
 from cadenza.staria.tokenizer import StariaTokenizer
 
 
-def _build(section_positions: bool = False, snippet_hint: bool = False, repeat_hint: bool = False) -> StariaSeq2Seq:
+def _build(section_positions: bool = False, snippet_hint: bool = False, repeat_hint: bool = False,
+           relative_onset_hints: bool = False) -> StariaSeq2Seq:
     torch.set_num_threads(1)  # decoding one token at a time: extra threads only add overhead
     torch.manual_seed(0)
     cfg = PRESETS["tiny"].with_overrides(section_positions=section_positions, snippet_hint=snippet_hint,
-                                         repeat_hint=repeat_hint)
+                                         repeat_hint=repeat_hint, relative_onset_hints=relative_onset_hints)
     model = StariaSeq2Seq(cfg).eval()
     with torch.no_grad():  # non-trivial norm scales, section positions and hints (all start as no-ops)
         for name, param in model.named_parameters():
@@ -272,6 +273,52 @@ def test_a_repeat_is_hinted_by_its_first_occurrence_past_its_snippet(repeat_hint
                        torch.ones_like(prompt, dtype=torch.bool), max_len=32, prompt=prompt)
     fast.forward(piece[:, :2], state)
     for i in range(2, piece.shape[1]):
+        torch.testing.assert_close(fast.forward(piece[:, i:i + 1], state), reference[:, i], atol=1e-4, rtol=1e-4)
+
+
+def test_relative_onset_hints_name_the_onset_of_a_section_played_elsewhere_in_the_time_grid():
+    """A section and its repeat a 5 s grid phase apart: every onset after a section's first is hinted with the
+    right onset token, from the prompt's snippet (re-timed to 0) and past it from the first occurrence, and
+    the cached decoder hints the same as the forward pass."""
+    from cadenza.staria.events import MusicEvents
+
+    tok = StariaTokenizer()
+    model = _build(section_positions=True, snippet_hint=True, repeat_hint=True, relative_onset_hints=True)
+    onsets = np.array([0, 130, 130, 610, 1390, 2200, 3770, 4950, 5020, 6480, 7700, 9990, 10010, 12340])
+    n = len(onsets)
+
+    def notes(start: int, pitch: int) -> MusicEvents:
+        return MusicEvents(onsets + start, np.full(n, 90), pitch + np.arange(n) % 9, np.full(n, 80),
+                           np.zeros(n, dtype=np.int64), np.full(n, -1))
+
+    a, b = notes(0, 60), notes(0, 70)
+    piece_events = MusicEvents.concat([a.shifted(1730).with_section(0), b.shifted(16000).with_section(1),
+                                       a.shifted(30000 + 2340).with_section(0)])
+    piece = torch.as_tensor(tok.events_to_ids(piece_events))[None]
+    snippets = {"A": tok.events_to_ids(a), "B": tok.events_to_ids(b)}
+    prompt = torch.as_tensor(StariaGenerator(model).prompt("ABA", snippets, snippet_len=12))[None]
+    full = torch.ones_like(prompt, dtype=torch.bool)
+    letters, offsets = model.section_position.locate(piece)
+    position = model.section_position
+    hinted = SnippetHint.lookup(model.hint_table(prompt, full), letters, offsets)
+    hinted = model._with_repeat_hints(hinted, piece, None, letters, offsets)
+    hinted = SnippetHint.resolve(position, hinted, position.onset_times(piece), model.cfg.vocab_size)[0]
+    ids = piece[0]
+    starts = torch.isin(ids, position.section_ids).nonzero().squeeze(1).tolist()
+    checked = 0
+    for p in range(starts[0], len(ids) - 1):
+        section_start = max(s for s in starts if s <= p)
+        if position.is_onset(ids[p + 1]) and position.is_onset(ids[section_start:p + 1]).any():
+            if section_start == starts[-1] or hinted[p] != model.cfg.vocab_size:  # a first A or B past its
+                assert hinted[p] == ids[p + 1], p                                  # snippet has no hint
+                checked += 1
+    assert checked >= n - 1 + 2 * 3  # every onset of the second A, and the snippets' of the first A and B
+    with torch.no_grad():
+        reference = model(prompt, full, piece)
+    fast = CachedDecoder(model)
+    state = fast.start(model.encode(prompt, full), full, max_len=piece.shape[1], prompt=prompt)
+    torch.testing.assert_close(fast.forward(piece[:, :5], state), reference[:, 4], atol=1e-4, rtol=1e-4)
+    for i in range(5, piece.shape[1]):
         torch.testing.assert_close(fast.forward(piece[:, i:i + 1], state), reference[:, i], atol=1e-4, rtol=1e-4)
 
 

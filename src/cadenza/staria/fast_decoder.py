@@ -78,7 +78,9 @@ class CachedDecoder:
             self.letter_of[position.section_ids] = torch.arange(1, len(position.section_ids) + 1)
         self.hint_vectors = None  # every token's hint vector, and zeros (row vocab_size) for no hint
         self.repeat_hint = model.cfg.repeat_hint
-        if self.repeat_hint:  # tokens a first occurrence writes into the hint table (not section, <T>, prompt end)
+        self.relative_onsets = model.cfg.relative_onset_hints
+        if self.repeat_hint or self.relative_onsets:  # hints looked up and tracked per token, in numpy
+            # tokens a first occurrence writes into the hint table (not section, <T>, prompt end)
             self.letter_of_np = self.letter_of.numpy()
             self.writable = self.letter_of_np == 0
             self.writable[[position.time_id, position.prompt_end_id]] = False
@@ -154,11 +156,13 @@ class CachedDecoder:
         if self.hint_vectors is not None:
             if prompt is None:
                 raise ValueError("a model with snippet hints decodes with its prompt ids: pass prompt")
-            hints = SnippetHint.table(self.section_position, prompt, context_mask, none=self.vocab_size)
+            hints = SnippetHint.table(self.section_position, prompt, context_mask, none=self.vocab_size,
+                                      relative_onsets=self.relative_onsets)
         return DecodeState(cross, bias, cache_k, cache_v, cos, sin, self._pair_swap(),
                            letter=torch.zeros(batch, dtype=torch.long), offset=torch.full((batch,), -1), hints=hints,
                            seen=None if hints is None else np.zeros(hints.shape[:2], dtype=bool),
-                           first=np.ones(batch, dtype=bool))
+                           first=np.ones(batch, dtype=bool), segments=np.zeros(batch, dtype=np.int64),
+                           now=np.full(batch, -1, dtype=np.int64), section_onset=np.full(batch, -1, dtype=np.int64))
 
     def _pair_swap(self) -> torch.Tensor:
         """Feature order swapping each adjacent pair of the first rot_dim features (identity after)."""
@@ -198,21 +202,40 @@ class CachedDecoder:
             state.offset = torch.where(starts, 0, state.offset + counted)
             letters, offsets = state.letter[:, None], state.offset[:, None]
             extra = self.section_table[letters, offsets.clamp(max=self.section_table.shape[1] - 1)]
-        if state.hints is not None and self.repeat_hint:  # each token reads the table before it writes to it
+        if state.hints is not None and (self.repeat_hint or self.relative_onsets):
             table, rows = state.hints.numpy(), np.arange(tokens.shape[0])
             hinted = np.empty(tokens.shape, dtype=np.int64)
-            for j in range(tokens.shape[1]):  # as SnippetHint.lookup, in numpy (see _remember)
-                letter, offset = letters[:, j].numpy(), offsets[:, j].numpy()
-                hinted[:, j] = table[rows, letter, np.minimum(offset + 1, table.shape[2] - 1)]
-                self._remember(tokens[:, j].numpy(), letter, offset, state)
+            for j in range(tokens.shape[1]):  # as SnippetHint.lookup and resolve, in numpy (see _remember)
+                token, letter, offset = tokens[:, j].numpy(), letters[:, j].numpy(), offsets[:, j].numpy()
+                entry = table[rows, letter, np.minimum(offset + 1, table.shape[2] - 1)]
+                time = self._advance_time(token, state)
+                if self.relative_onsets:
+                    position = self.section_position
+                    onset = position.onset_base + (state.now + (-1 - entry)) % position.onset_steps
+                    entry = np.where(entry < 0, np.where(state.now >= 0, onset, self.vocab_size), entry)
+                hinted[:, j] = entry
+                if self.repeat_hint:  # each token reads the table before it writes to it
+                    self._remember(token, letter, offset, time, state)
             extra = extra + self.hint_vectors[torch.from_numpy(hinted)]
         elif state.hints is not None:
             extra = extra + self.hint_vectors[SnippetHint.lookup(state.hints, letters, offsets)]
         return extra.flatten(0, 1)
 
-    def _remember(self, token: np.ndarray, letter: np.ndarray, offset: np.ndarray, state: "DecodeState") -> None:
+    def _advance_time(self, token: np.ndarray, state: "DecodeState") -> np.ndarray:
+        """Each row's time in onset steps if its token is an onset, else -1; keeps `state.now` (the latest
+        onset's time, `SectionPosition.onset_times`)."""
+        position = self.section_position
+        state.segments += token == position.time_id
+        is_onset = (token >= position.onset_base) & (token < position.onset_base + position.onset_steps)
+        time = np.where(is_onset, state.segments * position.onset_steps + token - position.onset_base, -1)
+        state.now = np.where(is_onset, time, state.now)
+        return time
+
+    def _remember(self, token: np.ndarray, letter: np.ndarray, offset: np.ndarray, time: np.ndarray,
+                  state: "DecodeState") -> None:
         """Repeat hints: track which letters have begun in each row, and write a first occurrence's tokens into
-        the row's hint table where its snippet has none, for the later sections of that letter to read.
+        the row's hint table where its snippet has none, for the later sections of that letter to read (an
+        onset after another of its section as -1 - the steps between them, with relative onsets).
         In numpy, on the table's memory: a dozen torch calls on tensors this small cost a quarter of a step."""
         table = state.hints.numpy()
         starts = self.letter_of_np[token] > 0
@@ -220,11 +243,16 @@ class CachedDecoder:
             rows = np.nonzero(starts)[0]
             state.first[rows] = ~state.seen[rows, letter[rows]]
             state.seen[rows, letter[rows]] = True
+            state.section_onset[rows] = -1
+        entry = token
+        if self.relative_onsets:
+            entry = np.where((time >= 0) & (state.section_onset >= 0), -1 - (time - state.section_onset), token)
+            state.section_onset = np.where(time >= 0, time, state.section_onset)
         write = state.first & self.writable[token] & (letter > 0) & (offset > 0) & (offset < table.shape[2])
         if write.any():
             rows = np.nonzero(write)[0]
             rows = rows[table[rows, letter[rows], offset[rows]] == self.vocab_size]  # the snippet's entries stay
-            table[rows, letter[rows], offset[rows]] = token[rows]
+            table[rows, letter[rows], offset[rows]] = entry[rows]
 
     @torch.inference_mode()
     def hidden(self, tokens: torch.Tensor, state: "DecodeState") -> torch.Tensor:
@@ -294,4 +322,7 @@ class DecodeState:
     hints: torch.Tensor | None = None  # snippet hint table (batch, letters, offsets) of the prompt
     seen: np.ndarray | None = None  # (batch, letters): which letters have begun (repeat hints)
     first: np.ndarray | None = None  # (batch,): the current section is its letter's first occurrence
+    segments: np.ndarray | None = None  # (batch,): <T> tokens fed (relative onset hints)
+    now: np.ndarray | None = None  # (batch,): time of the latest onset fed, in onset steps (-1: none yet)
+    section_onset: np.ndarray | None = None  # (batch,): the latest onset's time in the current section (-1: none)
     length: int = 0
