@@ -74,15 +74,14 @@ class CachedDecoder:
         self.vocab_size = model.cfg.vocab_size
         if position is not None:  # single-token steps read a precomputed (letter, offset) table
             self.section_table = position.table().detach()
-            self.letter_of = torch.zeros(self.vocab_size, dtype=torch.long)
-            self.letter_of[position.section_ids] = torch.arange(1, len(position.section_ids) + 1)
+            self.letter_of = np.zeros(self.vocab_size, dtype=np.int64)  # letter 1.. of each section token, else 0
+            self.letter_of[position.section_ids.numpy()] = np.arange(1, len(position.section_ids) + 1)
         self.hint_vectors = None  # every token's hint vector, and zeros (row vocab_size) for no hint
         self.repeat_hint = model.cfg.repeat_hint
         self.relative_onsets = model.cfg.relative_onset_hints
         if self.repeat_hint or self.relative_onsets:  # hints looked up and tracked per token, in numpy
             # tokens a first occurrence writes into the hint table (not section, <T>, prompt end)
-            self.letter_of_np = self.letter_of.numpy()
-            self.writable = self.letter_of_np == 0
+            self.writable = self.letter_of == 0
             self.writable[[position.time_id, position.prompt_end_id]] = False
         if model.snippet_hint is not None:
             ids = torch.arange(self.vocab_size + 1)
@@ -159,7 +158,7 @@ class CachedDecoder:
             hints = SnippetHint.table(self.section_position, prompt, context_mask, none=self.vocab_size,
                                       relative_onsets=self.relative_onsets)
         return DecodeState(cross, bias, cache_k, cache_v, cos, sin, self._pair_swap(),
-                           letter=torch.zeros(batch, dtype=torch.long), offset=torch.full((batch,), -1), hints=hints,
+                           letter=np.zeros(batch, dtype=np.int64), offset=np.full(batch, -1), hints=hints,
                            seen=None if hints is None else np.zeros(hints.shape[:2], dtype=bool),
                            first=np.ones(batch, dtype=bool), segments=np.zeros(batch, dtype=np.int64),
                            now=np.full(batch, -1, dtype=np.int64), section_onset=np.full(batch, -1, dtype=np.int64))
@@ -191,22 +190,26 @@ class CachedDecoder:
         """Section position embeddings (+ snippet hints) (batch * n, dim) of tokens, advancing each row's
         letter and offset."""
         if tokens.shape[1] > 1:
-            letters, offsets = self.section_position.locate(tokens, state.letter, state.offset)
-            state.letter, state.offset = letters[:, -1], offsets[:, -1]
+            letters, offsets = self.section_position.locate(tokens, torch.from_numpy(state.letter),
+                                                            torch.from_numpy(state.offset))
             extra = self.section_position.embed(letters, offsets)
-        else:
-            letter = self.letter_of[tokens[:, 0]]
+            letters, offsets = letters.numpy(), offsets.numpy()
+            state.letter, state.offset = letters[:, -1], offsets[:, -1]
+        else:  # one token: in numpy (a dozen torch calls on tensors this small cost a tenth of a step)
+            token = tokens[:, 0].numpy()
+            letter = self.letter_of[token]
             starts = letter > 0
-            state.letter = torch.where(starts, letter, state.letter)
-            counted = (tokens[:, 0] != self.section_position.time_id).long()  # <T> does not move the offset
-            state.offset = torch.where(starts, 0, state.offset + counted)
+            state.letter = np.where(starts, letter, state.letter)
+            counted = token != self.section_position.time_id  # <T> does not move the offset
+            state.offset = np.where(starts, 0, state.offset + counted)
             letters, offsets = state.letter[:, None], state.offset[:, None]
-            extra = self.section_table[letters, offsets.clamp(max=self.section_table.shape[1] - 1)]
+            extra = self.section_table[torch.from_numpy(letters),
+                                       torch.from_numpy(np.minimum(offsets, self.section_table.shape[1] - 1))]
         if state.hints is not None and (self.repeat_hint or self.relative_onsets):
             table, rows = state.hints.numpy(), np.arange(tokens.shape[0])
             hinted = np.empty(tokens.shape, dtype=np.int64)
             for j in range(tokens.shape[1]):  # as SnippetHint.lookup and resolve, in numpy (see _remember)
-                token, letter, offset = tokens[:, j].numpy(), letters[:, j].numpy(), offsets[:, j].numpy()
+                token, letter, offset = tokens[:, j].numpy(), letters[:, j], offsets[:, j]
                 entry = table[rows, letter, np.minimum(offset + 1, table.shape[2] - 1)]
                 time = self._advance_time(token, state)
                 if self.relative_onsets:
@@ -218,7 +221,8 @@ class CachedDecoder:
                     self._remember(token, letter, offset, time, state)
             extra = extra + self.hint_vectors[torch.from_numpy(hinted)]
         elif state.hints is not None:
-            extra = extra + self.hint_vectors[SnippetHint.lookup(state.hints, letters, offsets)]
+            hinted = SnippetHint.lookup(state.hints, torch.from_numpy(letters), torch.from_numpy(offsets))
+            extra = extra + self.hint_vectors[hinted]
         return extra.flatten(0, 1)
 
     def _advance_time(self, token: np.ndarray, state: "DecodeState") -> np.ndarray:
@@ -238,7 +242,7 @@ class CachedDecoder:
         onset after another of its section as -1 - the steps between them, with relative onsets).
         In numpy, on the table's memory: a dozen torch calls on tensors this small cost a quarter of a step."""
         table = state.hints.numpy()
-        starts = self.letter_of_np[token] > 0
+        starts = self.letter_of[token] > 0
         if starts.any():
             rows = np.nonzero(starts)[0]
             state.first[rows] = ~state.seen[rows, letter[rows]]
@@ -317,8 +321,8 @@ class DecodeState:
     cos: torch.Tensor
     sin: torch.Tensor
     pair_swap: torch.Tensor
-    letter: torch.Tensor
-    offset: torch.Tensor
+    letter: np.ndarray  # (batch,) section letter (0: before any section) and offset of each row's last token
+    offset: np.ndarray
     hints: torch.Tensor | None = None  # snippet hint table (batch, letters, offsets) of the prompt
     seen: np.ndarray | None = None  # (batch, letters): which letters have begun (repeat hints)
     first: np.ndarray | None = None  # (batch,): the current section is its letter's first occurrence
