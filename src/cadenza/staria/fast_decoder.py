@@ -211,8 +211,9 @@ class CachedDecoder:
             for j in range(tokens.shape[1]):  # as SnippetHint.lookup and resolve, in numpy (see _remember)
                 token, letter, offset = tokens[:, j].numpy(), letters[:, j], offsets[:, j]
                 entry = table[rows, letter, np.minimum(offset + 1, table.shape[2] - 1)]
-                time = self._advance_time(token, state)
+                time = None
                 if self.relative_onsets:
+                    time = self._advance_time(token, state)
                     position = self.section_position
                     onset = position.onset_base + (state.now + (-1 - entry)) % position.onset_steps
                     entry = np.where(entry < 0, np.where(state.now >= 0, onset, self.vocab_size), entry)
@@ -230,12 +231,12 @@ class CachedDecoder:
         onset's time, `SectionPosition.onset_times`)."""
         position = self.section_position
         state.segments += token == position.time_id
-        is_onset = (token >= position.onset_base) & (token < position.onset_base + position.onset_steps)
+        is_onset = position.is_onset(token)
         time = np.where(is_onset, state.segments * position.onset_steps + token - position.onset_base, -1)
         state.now = np.where(is_onset, time, state.now)
         return time
 
-    def _remember(self, token: np.ndarray, letter: np.ndarray, offset: np.ndarray, time: np.ndarray,
+    def _remember(self, token: np.ndarray, letter: np.ndarray, offset: np.ndarray, time: np.ndarray | None,
                   state: "DecodeState") -> None:
         """Repeat hints: track which letters have begun in each row, and write a first occurrence's tokens into
         the row's hint table where its snippet has none, for the later sections of that letter to read (an

@@ -182,7 +182,7 @@ class SectionPosition(nn.Module):
         return letters, offsets
 
     def is_onset(self, ids: torch.Tensor) -> torch.Tensor:
-        """Which ids are onset tokens."""
+        """Which ids (a tensor or a numpy array) are onset tokens."""
         return (ids >= self.onset_base) & (ids < self.onset_base + self.onset_steps)
 
     def onset_times(self, ids: torch.Tensor) -> torch.Tensor:
