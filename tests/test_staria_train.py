@@ -170,3 +170,22 @@ def test_export_cli_turns_a_run_checkpoint_into_a_half_precision_model(tiny_synt
         torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3, msg=name)
     missing = CliRunner().invoke(app, ["music", "export", "staria", *base, "--checkpoint", str(tmp_path / "no.ckpt")])
     assert missing.exit_code == 1 and "not found" in missing.output  # a missing input fails (1)
+
+
+def test_encoder_from_starts_the_generators_prompt_encoder_from_a_contrastive_encoder(tiny_synth, tmp_path):
+    from cadenza.staria.models import SnippetEncoder
+
+    torch.manual_seed(2)
+    contrastive = SnippetEncoder(PRESETS["tiny"])
+    save_pretrained(contrastive, PRESETS["tiny"], tmp_path / "encoder", extra={"task": "encoder"})
+    args = overrides(tiny_synth, tmp_path / "run", train__max_steps=1, train__lr=0.0,
+                     model__encoder_from=tmp_path / "encoder")
+    train("staria", None, args)
+    generator, _ = load_model(tmp_path / "run" / "model", StariaConfig, StariaSeq2Seq)
+    for name, value in contrastive.encoder.state_dict().items():
+        assert torch.equal(generator.encoder.state_dict()[name], value), name
+    assert torch.equal(generator.decoder.token_emb.emb.weight, contrastive.encoder.token_emb.emb.weight)
+
+    save_pretrained(StariaSeq2Seq(PRESETS["tiny"]), PRESETS["tiny"], tmp_path / "gen", extra={"task": "staria"})
+    with pytest.raises(CheckpointError, match="exported 'encoder' model"):
+        train("staria", None, overrides(tiny_synth, tmp_path / "bad", model__encoder_from=tmp_path / "gen"))

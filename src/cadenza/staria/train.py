@@ -6,6 +6,8 @@ When training ends the model is exported to `RUN_DIR/model` (safetensors + confi
 the same for any checkpoint of a run that is still going or was stopped.
 `model.init_from=DIR` starts from the weights of such an export (its config is the base; fields set in
 the `model` section change it, e.g. dropout), which is how staged fine-tuning continues a model.
+`model.encoder_from=DIR` starts a generator's prompt encoder (and the token table it shares with the decoder)
+from an exported contrastive snippet encoder (`train encoder`), the seed's encoder phase.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def default_config(task: str) -> dict[str, Any]:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     return {
-        "model": {"preset": "small", "init_from": None, **{f.name: None for f in fields(StariaConfig)}},
+        "model": {"preset": "small", "init_from": None, "encoder_from": None, **{f.name: None for f in fields(StariaConfig)}},
         "data": {"corpora": [], "max_seq_len": 1024, "snippet_len": 256, "min_snippet_len": None, "form_token": True,
                  "samples_per_epoch": None},
         "task": dict(TASK_DEFAULTS[task]),
@@ -51,6 +53,7 @@ def model_config(section: dict[str, Any]) -> StariaConfig:
     section = dict(section)
     preset = section.pop("preset")
     init_from = section.pop("init_from", None)
+    section.pop("encoder_from", None)
     if init_from is not None:
         base = config_from_dict(StariaConfig, load_pretrained(init_from, kind="StariaConfig")[1]["config"])
     elif preset in PRESETS:
@@ -76,6 +79,22 @@ def init_weights(model: Any, directory: str | Path, task: str) -> None:
         raise CheckpointError(f"{directory}: weights do not fit this {task} model ({e})") from e
 
 
+def init_encoder(model: Any, directory: str | Path, task: str) -> None:
+    """Load a contrastive snippet encoder's transformer (not its projection head) into a generator's prompt
+    encoder. Its token table is the generator's only one, so the decoder's input and output embeddings start
+    from it too."""
+    state_dict, document = load_pretrained(directory, kind="StariaConfig")
+    if task != "staria" or document["extra"].get("task") != "encoder":
+        raise CheckpointError(f"{directory}: model.encoder_from needs an exported 'encoder' model and the "
+                              f"'staria' task (got '{document['extra'].get('task')}' for '{task}')")
+    encoder = {name.removeprefix("encoder."): value for name, value in state_dict.items()
+               if name.startswith("encoder.")}
+    try:
+        model.encoder.load_state_dict(encoder, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{directory}: its encoder does not fit this generator's ({e})") from e
+
+
 def train(task: str, config_path: str | Path | None = None, overrides: list[str] = (),
           resume: bool = False, **train_changes: Any) -> Path:
     """Train one Staria model; returns the export directory. `train_changes` override TrainConfig fields."""
@@ -95,6 +114,8 @@ def train(task: str, config_path: str | Path | None = None, overrides: list[str]
     module = TASKS[task](model_cfg, train_cfg, **cfg["task"])
     if cfg["model"]["init_from"] is not None:
         init_weights(module.model, cfg["model"]["init_from"], task)
+    if cfg["model"]["encoder_from"] is not None:
+        init_encoder(module.model, cfg["model"]["encoder_from"], task)
     run_dir = Path(train_cfg.run_dir)
     trainer = fit(module, datamodule, train_cfg, run_dir, resume=resume)
     export = run_dir / "model"
