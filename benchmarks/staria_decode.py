@@ -42,14 +42,17 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def bytes_per_token(gen: StariaGenerator, prompt_len: int, mean_len: int, batch: int) -> float:
-    """Bytes our decoder must read per generated token: decoder weights once per step, the output rows
-    the grammar asks for (all ids for one token of three, 500 for the other two), KV and cross caches."""
+def bytes_per_token(gen: StariaGenerator, prompt: np.ndarray, mean_len: int, batch: int) -> float:
+    """Bytes our decoder must read per generated token: the decoder weights a step uses (not cross-attention's
+    key and value projections, used once per prompt), the output rows of the ids the grammar allows (a free
+    step's notes of the prompt's instruments, <T>, sections and <E>, or the onsets, or the durations: one
+    step of three each), KV and cross caches."""
     dec = gen.decoder
-    weight_bytes = sum(t.numel() * t.element_size() for b in dec.blocks for t in vars(b).values())
-    vocab, dim = dec.to_logits.shape
-    output_bytes = (vocab + 500 + 500) / 3 * dim * 4
-    cache_bytes = dec.n_self * 2 * mean_len * dim * 4 * batch + dec.n_self * 2 * prompt_len * dim * 4 * batch
+    weight_bytes = sum(t.nbytes for b in dec.blocks for name, t in vars(b).items() if name not in ("k", "v"))
+    dim = dec.dim
+    candidates = gen._candidates([gen.tok.instrument_prefix(prompt)])
+    output_bytes = sum(len(ids) for ids in candidates.values()) / len(candidates) * dim * 4
+    cache_bytes = dec.n_self * 2 * mean_len * dim * 4 * batch + dec.n_self * 2 * len(prompt) * dim * 4 * batch
     return (weight_bytes + output_bytes + cache_bytes) / batch
 
 
@@ -102,7 +105,7 @@ def main() -> None:
 
     best = {name: max(r) for name, r in rates.items()}
     bandwidth = memory_bandwidth()
-    bound = bandwidth / bytes_per_token(gen, len(prompt), args.tokens // 2, args.batch)
+    bound = bandwidth / bytes_per_token(gen, prompt, args.tokens // 2, args.batch)
     result = {
         "model": model_name, "tokens": args.tokens, "batch": args.batch, "threads": args.threads,
         "rounds": args.rounds, "machine": f"{platform.machine()} {platform.python_version()}",

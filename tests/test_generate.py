@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cadenza.staria.fast_decoder import CachedDecoder
 from cadenza.staria.generate import GenerationConfig, StariaGenerator
@@ -46,12 +47,18 @@ def repeat_hinted_model() -> StariaSeq2Seq:
     return _build(section_positions=True, snippet_hint=True, repeat_hint=True)
 
 
+@pytest.fixture(scope="module")
+def relative_onset_model() -> StariaSeq2Seq:
+    return _build(section_positions=True, snippet_hint=True, repeat_hint=True, relative_onset_hints=True)
+
+
 @pytest.mark.parametrize("weight_dtype, tol", [(torch.float32, 1e-4), (torch.float16, 1e-2)])
-@pytest.mark.parametrize("variant", ["plain", "section positions", "snippet hints", "repeat hints"])
-def test_cached_logits_match_uncached_forward(model, positioned_model, hinted_model, repeat_hinted_model, variant,
-                                              weight_dtype, tol):
+@pytest.mark.parametrize("variant", ["plain", "section positions", "snippet hints", "repeat hints",
+                                     "relative onset hints"])
+def test_cached_logits_match_uncached_forward(model, positioned_model, hinted_model, repeat_hinted_model,
+                                              relative_onset_model, variant, weight_dtype, tol):
     model = {"plain": model, "section positions": positioned_model, "snippet hints": hinted_model,
-             "repeat hints": repeat_hinted_model}[variant]
+             "repeat hints": repeat_hinted_model, "relative onset hints": relative_onset_model}[variant]
     vocab = model.cfg.vocab_size
     sections = StariaTokenizer().section_ids
     prompt = torch.randint(0, vocab, (2, 30))
@@ -59,6 +66,8 @@ def test_cached_logits_match_uncached_forward(model, positioned_model, hinted_mo
     prompt_mask = torch.ones_like(prompt, dtype=torch.bool)
     prompt_mask[1, 18:] = False
     tokens = torch.randint(0, vocab, (2, 40))
+    onsets = StariaTokenizer().onset_range
+    tokens[:, 2::3] = torch.randint(*onsets, (2, 13))  # onsets, for relative onset hints
     tokens[0, [1, 20, 31]] = torch.as_tensor(sections[[0, 1, 0]])  # sections start in the prefill and later
     tokens[1, [5, 27, 33]] = torch.as_tensor(sections[[2, 0, 2]])
     with torch.no_grad():
@@ -70,6 +79,24 @@ def test_cached_logits_match_uncached_forward(model, positioned_model, hinted_mo
     torch.testing.assert_close(fast.forward(tokens[:, :25], state), reference[:, 24], atol=tol, rtol=tol)
     for i in range(25, 40):
         torch.testing.assert_close(fast.forward(tokens[:, i:i + 1], state), reference[:, i], atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.float16])
+def test_project_multiplies_a_packed_weight_and_adds_its_bias(weight_dtype):
+    """`project(x, pack(W), bias)` is F.linear(x, W) + bias, in x's dtype, whatever the weight's dtype; the bias
+    may be a residual stream (one row per row of x)."""
+    from cadenza.core.fast_decoder import pack, project
+
+    torch.manual_seed(0)
+    x, weight = torch.randn(3, 16), torch.randn(24, 16)
+    packed = pack(weight, weight_dtype)
+    assert packed.shape == (16, 24) and packed.dtype == weight_dtype
+    tol = 1e-5 if weight_dtype == torch.float32 else 1e-2
+    for bias in (None, torch.randn(24), torch.randn(3, 24)):
+        expected = F.linear(x, weight) + (0 if bias is None else bias)
+        torch.testing.assert_close(project(x, packed, bias), expected, atol=tol, rtol=tol)
+    batched = torch.randn(2, 5, 16)  # leading dimensions, no bias: the prompt's keys and values
+    torch.testing.assert_close(project(batched, packed), F.linear(batched, weight), atol=tol, rtol=tol)
 
 
 def test_section_positions_align_a_snippet_with_its_section(positioned_model):
