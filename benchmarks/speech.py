@@ -15,9 +15,10 @@ depend on when a (possibly untrained) model would stop. Measured in one process,
 - (b) time to first streamed audio from `speak_stream` (prefill, the decode steps until the delay pattern
   and the codec's lookahead release the first frame, and that frame's decode), target <= 250 ms.
 - (c) throughput at batch `--batch` in audio seconds per wall second; baseline: batch 1 in the same run;
-  target >= 10x. All requests clone one voice, so the engine prefills their common prompt prefix once and
-  reads it once per step; named baseline `no_prefix_sharing`: the same batch with that switched off. Every
-  request still pays its own codec decode (and, unshared, its prefill), so the ratio cannot exceed
+  target >= 8x (the issue's bar). All requests clone one voice, so the engine prefills their common prompt
+  prefix once and reads it once per step; named baseline `no_prefix_sharing`: the same batch with that
+  switched off. Every request still pays its own codec decode (the batch's clips go through the codec in one
+  call, which saves the per-call overhead, not the work) and, unshared, its prefill, so the ratio cannot exceed
   (batch-1 seconds per request) / (codec decode [+ prefill] seconds per request): printed as `ceiling`.
 - (d) one decode step (forward + heads + sampling, ms) at batch 1 and `--batch`, after a prefill of the same
   prompt: ours (`HiggsAudioDecoder` with the weight dtype the engine picks for this CPU + `BatchSampler`, split
@@ -75,7 +76,7 @@ from cadenza.higgs_audio.text import TextTokenizer
 RESULTS = Path(__file__).parent / "results" / "speech.json"
 SENTENCE = "The quick brown fox jumps over the lazy dog, and then it runs back home before the rain starts."
 TOKENIZER_TEXTS = [SENTENCE, "Hello there.", "How are you today, my friend?"]
-TARGETS = {"rtf": 0.1, "first_audio_ms": 250.0, "batch_speedup": 10.0}
+TARGETS = {"rtf": 0.1, "first_audio_ms": 250.0, "batch_speedup": 8.0}
 PEERS = {"piper_joe": JOE, "hibari": HEART}  # the corpus's natural voices
 
 
@@ -435,7 +436,8 @@ def main() -> None:
         ("  of which prefill (ms)", f"{1000 * prefill_s:.0f}", f"{1000 * prefill_cold_s:.0f}",
          f"{outputs['first_audio'][0]} steps to first audio", "", ""),
         (f"audio s / wall s, batch {args.batch}", f"{throughput_b:.2f}", f"{throughput_1:.2f}", "batch 1",
-         f"{throughput_b / throughput_1:.1f}x", f">= 10x (ceiling {median['batch_1'] / codec_seconds:.1f}x)"),
+         f"{throughput_b / throughput_1:.1f}x",
+         f">= {TARGETS['batch_speedup']:g}x (ceiling {median['batch_1'] / codec_seconds:.1f}x)"),
         ("  same, no prefix sharing", f"{throughput_unshared:.2f}", f"{throughput_1:.2f}", "batch 1",
          f"{throughput_unshared / throughput_1:.1f}x", f"(ceiling {ceiling:.1f}x)"),
         (f"wall s, {args.batch} streams", f"{median[stream_b]:.2f}", f"{median[f'batch_{args.batch}']:.2f}",

