@@ -368,8 +368,8 @@ class _Recorder:
         self.prompts, self.responses = [], []
         original = engine.generate_prompts
 
-        def generate_prompts(prompts, settings=None):
-            responses = original(prompts, settings)
+        def generate_prompts(prompts, settings=None, **options):
+            responses = original(prompts, settings, **options)
             self.prompts += prompts
             self.responses += responses
             return responses

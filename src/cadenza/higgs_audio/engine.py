@@ -164,16 +164,23 @@ class HiggsAudioServeEngine:
         return self.generate_prompts(prompts, settings)
 
     def generate_prompts(self, prompts: list[ChatMLDatasetSample],
-                         settings: list[GenerationSettings] | GenerationSettings | None = None) -> list[HiggsAudioResponse]:
-        """`generate_batch` for conversations whose audio is already codes (see `prompt`)."""
+                         settings: list[GenerationSettings] | GenerationSettings | None = None,
+                         decode_audio: bool = True) -> list[HiggsAudioResponse]:
+        """`generate_batch` for conversations whose audio is already codes (see `prompt`). decode_audio=False:
+        codes only (`audio` None), for a caller that joins them first (long form) and then `decode_audio`s."""
         settings = _per_request(settings, len(prompts))
         rows = None
         for rows, _ in self._decode(prompts, settings):
             pass
-        codes = [self.reverted_codes(row) for row in rows]
-        said = [i for i, c in enumerate(codes) if c.shape[1]]
-        audio = dict(zip(said, self.audio_tokenizer.decode_batch([codes[i] for i in said])))
-        return [self._response(row, codes[i], audio.get(i)) for i, row in enumerate(rows)]
+        responses = [self._response(row, self.reverted_codes(row)) for row in rows]
+        return self.decode_audio(responses) if decode_audio else responses
+
+    def decode_audio(self, responses: list[HiggsAudioResponse]) -> list[HiggsAudioResponse]:
+        """Fill in the audio of responses that have codes, decoded together (one codec call per length)."""
+        said = [r for r in responses if r.generated_audio_tokens.shape[1]]
+        for response, audio in zip(said, self.audio_tokenizer.decode_batch([r.generated_audio_tokens for r in said])):
+            response.audio = audio
+        return responses
 
     async def generate_delta_stream(self, chat_ml_sample: ChatMLSample, max_new_tokens: int = 1024,
                                     temperature: float = 0.7, top_k: int | None = None, top_p: float | None = 0.95,
@@ -422,12 +429,13 @@ class HiggsAudioServeEngine:
     def _clip(self, frames: torch.Tensor) -> torch.Tensor:
         return frames.clamp(0, self.config.audio_codebook_size - 1)
 
-    def _response(self, row: _Row, codes: np.ndarray, audio: np.ndarray | None = None) -> HiggsAudioResponse:
+    def _response(self, row: _Row, codes: np.ndarray) -> HiggsAudioResponse:
+        """A row's response, its audio not yet decoded (`decode_audio`)."""
         text = self.tokenizer.decode(row.text_tokens)
         completion = len(row.text_tokens) + len(row.columns)
         usage = {"prompt_tokens": row.prompt_len, "completion_tokens": completion,
                  "total_tokens": row.prompt_len + completion, "cached_tokens": 0, "finish_reason": row.finish_reason}
-        return HiggsAudioResponse(audio, self.sampling_rate, text, codes, list(row.text_tokens), usage)
+        return HiggsAudioResponse(None, self.sampling_rate, text, codes, list(row.text_tokens), usage)
 
 
 def _check_codec(config, audio_tokenizer_path: str | Path | None) -> None:

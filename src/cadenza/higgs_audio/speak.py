@@ -269,9 +269,9 @@ def speak_batch(engine: HiggsAudioServeEngine, requests: list[SpeechRequest]) ->
     speeches = [Speech(engine, request) for request in requests]
     while todo := [s for s in speeches if not s.done]:
         prompts, settings = zip(*(s.next_prompt() for s in todo))
-        for speech, response in zip(todo, engine.generate_prompts(list(prompts), list(settings))):
+        for speech, response in zip(todo, engine.generate_prompts(list(prompts), list(settings), decode_audio=False)):
             speech.said(response)
-    return [s.response() for s in speeches]
+    return engine.decode_audio([s.response() for s in speeches])
 
 
 def speak_stream(engine: HiggsAudioServeEngine, request: SpeechRequest) -> Iterator[HiggsAudioStreamerDelta]:
@@ -323,9 +323,9 @@ class Speech:
         self.responses.append(response)
 
     def response(self) -> HiggsAudioResponse:
-        """The whole request's response: the chunks' codes joined and decoded once, with the number of chunks in
-        its usage (a single chunk's response as it is)."""
-        if len(self.responses) == 1 and self.responses[0].audio is not None:
+        """The whole request's response, its audio not yet decoded: the chunks' codes joined, with the number of
+        chunks in its usage (a single chunk's response as it is)."""
+        if len(self.responses) == 1:
             return self.responses[0]
         codes = np.concatenate([r.generated_audio_tokens for r in self.responses], axis=1)
         usage = {key: sum(r.usage.get(key, 0) for r in self.responses) for key in ("prompt_tokens", "completion_tokens")}
@@ -333,8 +333,7 @@ class Speech:
         cut = any(r.usage.get("finish_reason") == "length" for r in self.responses)
         usage["finish_reason"] = "length" if cut else "stop"
         usage["chunks"] = len(self.responses)
-        audio = self.engine.audio_tokenizer.decode(codes) if codes.shape[1] else None
-        return HiggsAudioResponse(audio, self.engine.sampling_rate, "".join(r.generated_text for r in self.responses),
+        return HiggsAudioResponse(None, self.engine.sampling_rate, "".join(r.generated_text for r in self.responses),
                                   codes, usage=usage)
 
 
