@@ -81,22 +81,25 @@ def test_cached_logits_match_uncached_forward(model, positioned_model, hinted_mo
         torch.testing.assert_close(fast.forward(tokens[:, i:i + 1], state), reference[:, i], atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.float16])
-def test_project_multiplies_a_packed_weight_and_adds_its_bias(weight_dtype):
-    """`project(x, pack(W), bias)` is F.linear(x, W) + bias, in x's dtype, whatever the weight's dtype; the bias
-    may be a residual stream (one row per row of x)."""
-    from cadenza.core.fast_decoder import pack, project
+@pytest.mark.parametrize("weight_dtype, widen", [(torch.float32, False), (torch.float16, False), (torch.float16, True)])
+def test_project_multiplies_a_packed_weight_and_adds_its_bias(weight_dtype, widen):
+    """`project(x, pack(W), bias)` is F.linear(x, W) + bias, in x's dtype, whatever the weight's dtype and however
+    half precision is multiplied; the bias may be a residual stream (one row per row of x)."""
+    from cadenza.core.fast_decoder import PackedWeights
 
     torch.manual_seed(0)
-    x, weight = torch.randn(3, 16), torch.randn(24, 16)
-    packed = pack(weight, weight_dtype)
+    weights = PackedWeights(weight_dtype, widen)
+    x, weight, small = torch.randn(3, 16), torch.randn(24, 16), torch.randn(8, 16)
+    packed_small = weights.pack(small)  # first: widened weights share one buffer, grown for the larger one
+    packed = weights.pack(weight)
     assert packed.shape == (16, 24) and packed.dtype == weight_dtype
     tol = 1e-5 if weight_dtype == torch.float32 else 1e-2
     for bias in (None, torch.randn(24), torch.randn(3, 24)):
         expected = F.linear(x, weight) + (0 if bias is None else bias)
-        torch.testing.assert_close(project(x, packed, bias), expected, atol=tol, rtol=tol)
+        torch.testing.assert_close(weights.project(x, packed, bias), expected, atol=tol, rtol=tol)
+        torch.testing.assert_close(weights.project(x, packed_small), F.linear(x, small), atol=tol, rtol=tol)
     batched = torch.randn(2, 5, 16)  # leading dimensions, no bias: the prompt's keys and values
-    torch.testing.assert_close(project(batched, packed), F.linear(batched, weight), atol=tol, rtol=tol)
+    torch.testing.assert_close(weights.project(batched, packed), F.linear(batched, weight), atol=tol, rtol=tol)
 
 
 def test_section_positions_align_a_snippet_with_its_section(positioned_model):

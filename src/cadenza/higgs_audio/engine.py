@@ -134,7 +134,7 @@ class HiggsAudioServeEngine:
         self.config = self.model.config
         if decode_weight_dtype is None:
             hidden = self.config.hidden_size
-            decode_weight_dtype = fastest_weight_dtype(3 * hidden, hidden)
+            decode_weight_dtype = fastest_weight_dtype(3 * hidden, hidden, widen=True)
         self.decoder = HiggsAudioDecoder(self.model, weight_dtype=decode_weight_dtype)
         # prefill(expanded prompts, longest) -> (KV cache, mask, hidden, shared prefix): prefill.py
         self.prefill = PrefixSharingPrefill(self.model, self.device)

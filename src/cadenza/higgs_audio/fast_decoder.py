@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cadenza.core.fast_decoder import attend, rotate_half_tables
+from cadenza.core.fast_decoder import PackedWeights, attend, rotate_half_tables
 from cadenza.higgs_audio.modeling import HiggsAudioModel, KVCache, rotary_cos_sin
 
 
@@ -105,63 +105,46 @@ class HiggsAudioDecoder:
         # rms_norm(x) = x / sqrt(mean(x^2) + eps) = sqrt(D) x / hypot(|x|, sqrt(D eps)): see _norm
         self.norm_floor = torch.tensor((cfg.hidden_size * cfg.rms_norm_eps) ** 0.5, device=self.device)
         root = cfg.hidden_size ** 0.5
-        self._scratch: dict[tuple[int, int], torch.Tensor] = {}  # float32 view per weight shape, see _store
+        # float16 weights widened into a float32 scratch buffer before each product, see PackedWeights
+        self.weights = PackedWeights(weight_dtype, widen=True)
+        self._project, pack = self.weights.project, self.weights.pack
         self.rotary: torch.Tensor | None = None
         with torch.no_grad():
             self.embed_tokens = model.embed_tokens.weight.detach().float()
             self.audio_embeddings = model.audio_codebook_embeddings.weight.detach().float()
             self.codebook_offsets = torch.arange(self.n_q, device=self.device) * self.stream_vocab
             self.final_norm = model.norm.weight.detach().float() * root
-            self.text_head = self._store(model.text_lm_head.weight)
+            self.text_head = pack(model.text_lm_head.weight)
             head = model.audio_lm_head.weight
             # Widened one codebook's rows at a time: those fit in the L2 cache, the whole head does not.
             chunks = [head] if weight_dtype == torch.float32 else head.split(self.stream_vocab)
-            self.audio_head = [self._store(w) for w in chunks]
+            self.audio_head = [pack(w) for w in chunks]
             pointer = getattr(model, "pointer_head", None)
             self.pointer_head = pointer.weight.detach().float() if pointer is not None else None
             self.layers = [self._layer(layer, root) for layer in model.layers]
-        # All widened weights share one buffer: it stays in L2 instead of a buffer per shape crowding L3.
-        if self._scratch:
-            buffer = torch.empty(max(rows * cols for rows, cols in self._scratch), device=self.device)
-            self._scratch = {shape: buffer[:shape[0] * shape[1]].view(shape) for shape in self._scratch}
-
-    def _store(self, weight: torch.Tensor) -> torch.Tensor:
-        """A weight (out, in) as kept for decoding: detached, transposed to (in, out), contiguous, in
-        weight_dtype, with its scratch buffer."""
-        weight = weight.detach().t().to(self.weight_dtype).contiguous()
-        if weight.dtype != torch.float32:
-            self._scratch[tuple(weight.shape)] = None
-        return weight
 
     def _layer(self, layer, root: float) -> _Layer:
-        attn = layer.self_attn
+        attn, pack = layer.self_attn, self.weights.pack
         q = attn.q_proj.weight.float() * self.head_dim ** -0.5
         qkv = torch.cat([q, attn.k_proj.weight.float(), attn.v_proj.weight.float()])
 
         def folded(weight: torch.Tensor, norm) -> torch.Tensor:
-            return self._store(weight.float() * (norm.weight.float() * root)[None, :])
+            return pack(weight.float() * (norm.weight.float() * root)[None, :])
 
         def up(mlp) -> torch.Tensor:
             return torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
 
         qkv_text = folded(qkv, layer.input_layernorm)
         up_text = folded(up(layer.mlp), layer.post_attention_layernorm)
-        down_text = self._store(layer.mlp.down_proj.weight)
+        down_text = pack(layer.mlp.down_proj.weight)
         if layer.has_audio_ffn:
             qkv_audio = folded(qkv, layer.audio_input_layernorm)
             up_audio = folded(up(layer.audio_mlp), layer.audio_post_attention_layernorm)
-            down_audio = self._store(layer.audio_mlp.down_proj.weight)
+            down_audio = pack(layer.audio_mlp.down_proj.weight)
         else:
             qkv_audio, up_audio, down_audio = qkv_text, up_text, down_text
-        return _Layer(qkv_text, qkv_audio, self._store(attn.o_proj.weight), up_text, down_text,
+        return _Layer(qkv_text, qkv_audio, pack(attn.o_proj.weight), up_text, down_text,
                       up_audio, down_audio)
-
-    def _linear(self, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """x W (+ residual) in float32 for a stored W (in, out); a half-precision W is widened into its scratch
-        buffer first."""
-        if weight.dtype != torch.float32:
-            weight = self._scratch[tuple(weight.shape)].copy_(weight)
-        return torch.mm(x, weight) if residual is None else torch.addmm(residual, x, weight)
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         """rms_norm(x) / sqrt(D) (sqrt(D) is folded into the weights that follow)."""
@@ -252,9 +235,9 @@ class HiggsAudioDecoder:
         for i, layer in enumerate(self.layers):
             h = self._norm(x)
             if mode == "mixed" and layer.dual:
-                qkv = torch.where(audio_col, self._linear(h, layer.qkv_audio), self._linear(h, layer.qkv_text))
+                qkv = torch.where(audio_col, self._project(h, layer.qkv_audio), self._project(h, layer.qkv_text))
             else:
-                qkv = self._linear(h, layer.qkv_audio if mode == "audio" else layer.qkv_text)
+                qkv = self._project(h, layer.qkv_audio if mode == "audio" else layer.qkv_text)
             qk = qkv[:, :self.n_qk].view(batch, self.n_heads + self.n_kv, self.head_dim)
             qk = torch.addcmul(qk * cos, qk.roll(self.head_dim // 2, -1), sin)
             keys, values = state.keys[i], state.values[i]
@@ -268,7 +251,7 @@ class HiggsAudioDecoder:
             else:
                 q = qk[:, :self.n_heads].reshape(batch * self.n_kv, self.group, self.head_dim)
                 y = attend(q, keys[:, :own].transpose(1, 2), values[:, :own], bias)
-            x = self._linear(y.reshape(batch, -1), layer.out, x)
+            x = self._project(y.reshape(batch, -1), layer.out, x)
             h = self._norm(x)
             if mode == "mixed" and layer.dual:
                 ffn = torch.empty_like(x)
@@ -306,20 +289,20 @@ class HiggsAudioDecoder:
 
     def _mlp(self, h: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
              residual: torch.Tensor | None = None) -> torch.Tensor:
-        gate, value = self._linear(h, up).chunk(2, dim=-1)
-        return self._linear(F.silu(gate) * value, down, residual)
+        gate, value = self._project(h, up).chunk(2, dim=-1)
+        return self._project(F.silu(gate) * value, down, residual)
 
     # ---- heads ----------------------------------------------------------------------------------
 
     @torch.inference_mode()
     def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-text-token logits (B, text_vocab_size) from step hidden states (B, D)."""
-        return self._linear(hidden, self.text_head)
+        return self._project(hidden, self.text_head)
 
     @torch.inference_mode()
     def audio_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-frame logits (B, n_q, codebook_size + 2) from step hidden states (B, D)."""
-        logits = [self._linear(hidden, w) for w in self.audio_head]
+        logits = [self._project(hidden, w) for w in self.audio_head]
         logits = logits[0] if len(logits) == 1 else torch.cat(logits, dim=-1)
         return logits.view(*hidden.shape[:-1], self.n_q, self.stream_vocab)
 

@@ -39,8 +39,7 @@ from x_transformers import TransformerWrapper
 from x_transformers.x_transformers import LayerNorm as XLayerNorm
 
 from cadenza.core.fast_decoder import attend as _attend
-from cadenza.core.fast_decoder import pack as _pack
-from cadenza.core.fast_decoder import project as _project
+from cadenza.core.fast_decoder import PackedWeights
 from cadenza.staria.models import SectionPosition, SnippetHint, StariaSeq2Seq
 
 
@@ -106,23 +105,25 @@ class CachedDecoder:
         self.dim = self.embedding.shape[1]
         self.inv_freq = layers.rotary_pos_emb.inv_freq.detach()
         self.rot_dim = self.inv_freq.shape[0] * 2
+        self.weights = PackedWeights(weight_dtype)  # half precision multiplied as is
+        pack = self.weights.pack
         self.blocks: list[_SelfAttention | _CrossAttention | _FeedForward] = []
         for kind, (norms, block, _residual) in zip(layers.layer_types, layers.layers):
             gamma = _layer_norm_weight(norms[0])
             if kind in ("a", "c"):  # projection weights (in, out) in weight_dtype, q scaled by 1/sqrt(head_dim)
                 self.heads, self.head_dim = block.heads, block.to_q.weight.shape[0] // block.heads
                 q, k, v = (w.weight.detach() for w in (block.to_q, block.to_k, block.to_v))
-                q, out = q * self.head_dim ** -0.5, _pack(block.to_out.weight, weight_dtype)
+                q, out = q * self.head_dim ** -0.5, pack(block.to_out.weight)
             if kind == "a":
-                self.blocks.append(_SelfAttention(gamma, _pack(torch.cat([q, k, v]), weight_dtype), out))
+                self.blocks.append(_SelfAttention(gamma, pack(torch.cat([q, k, v])), out))
             elif kind == "c":
-                self.blocks.append(_CrossAttention(gamma, *(_pack(w, weight_dtype) for w in (q, k, v)), out))
+                self.blocks.append(_CrossAttention(gamma, *(pack(w) for w in (q, k, v)), out))
             elif kind == "f":  # GELU's 1/sqrt(2)s folded in (_gelu); biases stay float32, as norms do
                 (first, activation), last = block.ff[0], block.ff[2]
                 if not (isinstance(activation, nn.GELU) and activation.approximate == "none"):
                     raise ValueError(f"CachedDecoder supports exact GELU feed-forwards only, got {activation}")
-                w1, b1 = _pack(first.weight * _SQRT_HALF, weight_dtype), first.bias.detach() * _SQRT_HALF
-                w2 = _pack(last.weight * _SQRT_HALF, weight_dtype)
+                w1, b1 = pack(first.weight * _SQRT_HALF), first.bias.detach() * _SQRT_HALF
+                w2 = pack(last.weight * _SQRT_HALF)
                 self.blocks.append(_FeedForward(gamma, w1, b1, w2, last.bias.detach()))
             else:
                 raise ValueError(f"unsupported x-transformers layer type {kind!r}")
@@ -135,11 +136,12 @@ class CachedDecoder:
         """Cache cross-attention keys/values for a batch of encoder states and allocate the KV cache;
         `prompt` (the ids the context encodes) is needed with snippet hints."""
         batch, length, _ = context.shape
+        project = self.weights.project
         cross = []
         for block in self.blocks:
             if isinstance(block, _CrossAttention):
-                k = self._heads(_project(context, block.k)).transpose(1, 2).contiguous()  # (B*H, head_dim, L)
-                cross.append((k, self._heads(_project(context, block.v)).contiguous()))
+                k = self._heads(project(context, block.k)).transpose(1, 2).contiguous()  # (B*H, head_dim, L)
+                cross.append((k, self._heads(project(context, block.v)).contiguous()))
         cache_k = [torch.zeros(batch, self.heads, self.head_dim, max_len, dtype=context.dtype)
                    for _ in range(self.n_self)]  # keys transposed
         cache_v = [torch.zeros(batch, self.heads, max_len, self.head_dim, dtype=context.dtype)
@@ -248,13 +250,14 @@ class CachedDecoder:
         if self.section_position is not None:
             h = h + self._section_inputs(tokens, state)
         self_index = cross_index = 0
+        project = self.weights.project
         for block in self.blocks:
             x = F.layer_norm(h, (self.dim,), weight=block.norm)
             if isinstance(block, _FeedForward):
-                h = _project(_gelu(_project(x, block.w1, block.b1)), block.w2, h) + block.b2
+                h = project(_gelu(project(x, block.w1, block.b1)), block.w2, h) + block.b2
                 continue
             if isinstance(block, _SelfAttention):
-                qkv = _project(x, block.qkv).view(batch, n, 3, heads, head_dim // 2, 2)
+                qkv = project(x, block.qkv).view(batch, n, 3, heads, head_dim // 2, 2)
                 qkv = torch.view_as_real(torch.view_as_complex(qkv) * rotary)  # rotary q and k
                 qkv = qkv.view(batch, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
                 q, k, v = qkv.unbind()  # each (batch, heads, n, head_dim)
@@ -266,10 +269,10 @@ class CachedDecoder:
                 self_index += 1
             else:
                 k_t, v = state.cross[cross_index]
-                attn = _attend(self._heads(_project(x, block.q).view(batch, n, -1)), k_t, v, state.context_bias)
+                attn = _attend(self._heads(project(x, block.q).view(batch, n, -1)), k_t, v, state.context_bias)
                 cross_index += 1
             attn = attn.view(batch, heads, n, head_dim).transpose(1, 2).reshape(batch * n, -1)
-            h = _project(attn, block.out, h)  # the residual added by the projection
+            h = project(attn, block.out, h)  # the residual added by the projection
         state.length = end
         return F.layer_norm(h.view(batch, n, -1)[:, -1], (self.dim,), weight=self.final_norm)
 
