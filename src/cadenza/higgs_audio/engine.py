@@ -41,6 +41,7 @@ from cadenza.higgs_audio.codec.api import codec_fingerprint, load_audio_tokenize
 from cadenza.higgs_audio.configuration import TOKENIZER_FILE
 from cadenza.higgs_audio.delay import DelayReverter, revert_delay_pattern
 from cadenza.higgs_audio.fast_decoder import HiggsAudioDecoder
+from cadenza.higgs_audio.guidance import PhonemeGuide
 from cadenza.higgs_audio.inputs import expand_sample
 from cadenza.higgs_audio.modeling import HiggsAudioModel
 from cadenza.higgs_audio.prefill import PrefixSharingPrefill
@@ -65,6 +66,10 @@ class GenerationSettings:
     ras_win_len: int = 7
     ras_win_max_num_repeat: int = 2
     seed: int | None = None
+    # Weight of the codec's phoneme head in sampling codebook 0 (guidance.py), for a model with a transcript
+    # pointer and a codec with a phoneme head; 0: plain sampling. 4 was the best of {0, 2, 4, 8} on held-out
+    # sentences at speech_v3 step 2,400 (docs/training.md).
+    phoneme_guidance: float = 4.0
     # A stream's audio comes in chunks of this many frames (25 a second). Each chunk's decode also reads the
     # codec's lookahead (10 frames for the shipped one) on both sides: 1-frame chunks cost the codec ~4x more.
     stream_chunk_frames: int = 5
@@ -141,6 +146,8 @@ class HiggsAudioServeEngine:
         self.tokenizer = TextTokenizer.load(model_path / TOKENIZER_FILE)
         self.audio_tokenizer = load_audio_tokenizer(audio_tokenizer_path, device=device)
         _check_codec(self.config, audio_tokenizer_path)
+        phonemes = self.audio_tokenizer.code_phoneme_log_probs if self.config.transcript_pointer else None
+        self.phoneme_guide = PhonemeGuide(phonemes, self.tokenizer) if phonemes is not None else None
         self.sampling_rate = self.audio_tokenizer.sampling_rate
         self._codes_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()  # reference clips, newest last
         stops = ("<|eot_id|>", "<|end_of_text|>")
@@ -344,7 +351,11 @@ class HiggsAudioServeEngine:
                 (audio if row.audio else text).append(i)
         if audio:
             every_row = len(audio) == len(rows)
+            # The pointer first: the frame about to be sampled speaks the token it moves to (both come from
+            # the same hidden state, so the order does not change plain sampling; guidance needs the token).
+            self._move_pointers([rows[i] for i in audio], hidden if every_row else hidden[audio])
             logits = self.decoder.audio_logits(hidden if every_row else hidden[audio])
+            self._guide([rows[i] for i in audio], logits[:, 0])
             columns, flags = sampler.audio_columns(audio, logits, every_row)
             if every_row:
                 feed_codes.copy_(columns)
@@ -360,7 +371,6 @@ class HiggsAudioServeEngine:
                     row.finish_reason = "stop"
                 row.columns.append(column)
                 fed[i] = ("audio", column)
-            self._move_pointers([rows[i] for i in audio], hidden if every_row else hidden[audio])
             for i in audio:
                 if rows[i].reading:
                     feed_spoken[i] = rows[i].reading[rows[i].pointer]
@@ -377,9 +387,21 @@ class HiggsAudioServeEngine:
                 fed[i] = ("text", token)
         return fed
 
+    def _guide(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Codebook-0 logits (n, V) of rows with a transcript, in place: guided toward the phoneme each row's
+        pointer is on (`phoneme_guidance`), and no EOS before the pointer reaches the transcript's last token."""
+        if not any(row.reading for row in rows):
+            return
+        early = [j for j, row in enumerate(rows) if row.reading and row.pointer < len(row.reading) - 1]
+        logits[early, self.config.audio_stream_eos_id] = float("-inf")
+        if self.phoneme_guide is not None:
+            self.phoneme_guide.apply(logits, [row.reading[row.pointer] if row.reading else -1 for row in rows],
+                                     [row.settings.phoneme_guidance for row in rows])
+
     def _move_pointers(self, rows: list[_Row], hidden: torch.Tensor) -> None:
-        """Move each row's transcript pointer by a step sampled from the pointer head (a row's first frame
-        starts at the first token); the row's generator keeps a seeded request reproducible.
+        """Move each row's transcript pointer by a step sampled from the pointer head, before the row's next frame
+        is sampled (its first frame starts at the first token); the row's generator keeps a seeded request
+        reproducible.
 
         The step is argmax(p / noise) with noise ~ Exp(1) drawn from the row's generator: a draw from p (the
         exponential race `torch.multinomial(p, 1)` runs on a CPU too), in one batched division instead of a call
@@ -387,7 +409,7 @@ class HiggsAudioServeEngine:
         """
         if self.decoder.pointer_head is None:
             return
-        moving = [j for j, row in enumerate(rows) if row.reading and len(row.columns) > 1]
+        moving = [j for j, row in enumerate(rows) if row.reading and row.columns]
         if not moving:
             return
         probs = self.decoder.pointer_logits(hidden[moving]).softmax(-1)

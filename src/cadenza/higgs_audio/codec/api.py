@@ -10,6 +10,7 @@ long inputs are encoded and decoded in overlapping chunks, so memory stays bound
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ import torch
 from cadenza.core.audio import AudioError, PathLike, load_mono, normalize_loudness
 from cadenza.higgs_audio.codec.config import CodecConfig
 from cadenza.higgs_audio.codec.model import Codec
+from cadenza.higgs_audio.codec.phonemes import BLANK
 
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "pretrained" / "codec"
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -96,6 +98,20 @@ class AudioTokenizer:
     def hop_length(self) -> int:
         """Samples per code frame (960)."""
         return self.cfg.hop_length
+
+    @functools.cached_property
+    def code_phoneme_log_probs(self) -> torch.Tensor | None:
+        """log P(phoneme | codebook-0 code), (codebook_size, len(PHONEME_SYMBOLS)): the codec's CTC phoneme head
+        read at a frame whose code and neighbours are all that code, over the phonemes (the blank left out);
+        None for a codec without a phoneme head (before v3)."""
+        semantic = self.model.semantic
+        if semantic is None or semantic.phoneme_head is None:
+            return None
+        with torch.inference_mode():
+            vectors = semantic.vq.get_output_from_indices(torch.arange(self.codebook_size, device=self.device))
+            steady = vectors[:, None, :].expand(-1, 3, -1)  # (codes, 3 frames, dim): the head's kernel is 3
+            log_probs = semantic.phoneme_log_probs(steady)[:, 1]
+        return log_probs[:, BLANK + 1:].log_softmax(-1).float()
 
     def encode(self, wav_or_path: PathLike | np.ndarray | torch.Tensor, sr: int | None = None,
                loudness_normalize: bool = False, loudness_threshold: float = -23.0) -> torch.Tensor:
