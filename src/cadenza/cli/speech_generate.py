@@ -15,6 +15,8 @@ NO_SHIPPED_MODEL = ("no speech model is shipped yet: pass --model DIR, a model d
                     "`cadenza speech train` or `cadenza speech export`")
 MODEL_HELP = "Speech LM directory (from `cadenza speech train` or `export`; no speech model is shipped yet)."
 CODEC_HELP = "Audio tokenizer directory (default: the shipped one)."
+GUIDANCE_HELP = ("Weight of the codec's phoneme head in sampling codebook 0, toward the transcript token being "
+                 "spoken (0: plain sampling; default: the engine's, GenerationSettings.phoneme_guidance).")
 
 
 def _engine(model: Path | None, codec: Path | None):
@@ -31,11 +33,18 @@ def _engine(model: Path | None, codec: Path | None):
         fail(str(exc))
 
 
-def _request(engine, transcript: str, voice: str | None, ref_audio: str | None, ref_text: str | None,
-             scene: str | None, chunk_method: str | None, seed: int | None, ref_in_system: bool = False,
-             temperature: float = 0.7, max_new_tokens: int = 1024):
-    """A SpeechRequest from CLI-style fields (no scene: the default one); ValueError naming the bad field."""
+def _settings(seed: int | None, temperature: float, max_new_tokens: int, phoneme_guidance: float | None):
+    """GenerationSettings from the CLI's options (phoneme_guidance None: the engine's default)."""
     from cadenza.higgs_audio.engine import GenerationSettings
+
+    guidance = {} if phoneme_guidance is None else {"phoneme_guidance": phoneme_guidance}
+    return GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, **guidance)
+
+
+def _request(engine, transcript: str, voice: str | None, ref_audio: str | None, ref_text: str | None,
+             scene: str | None, chunk_method: str | None, settings, ref_in_system: bool = False):
+    """A SpeechRequest from CLI-style fields (no scene: the default one) and GenerationSettings; ValueError
+    naming the bad field."""
     from cadenza.higgs_audio.prompt import DEFAULT_SCENE
     from cadenza.higgs_audio.speak import SpeechRequest, file_reference, voice_reference
 
@@ -53,7 +62,6 @@ def _request(engine, transcript: str, voice: str | None, ref_audio: str | None, 
             if not Path(audio).is_file():
                 raise ValueError(f"reference audio {audio}: no such file")
         references = {n: file_reference(engine, a, t) for n, (a, t) in enumerate(zip(audios, texts))}
-    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     return SpeechRequest(transcript, references, scene=DEFAULT_SCENE if scene is None else scene,
                          ref_in_system=ref_in_system, chunk_method=chunk_method, settings=settings)
 
@@ -86,6 +94,7 @@ def generate(
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same audio).")] = None,
     temperature: Annotated[float, typer.Option(min=0, help="Sampling temperature.")] = 0.7,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Decode steps per chunk (25 audio frames = 1 s).")] = 1024,
+    phoneme_guidance: Annotated[float | None, typer.Option(min=0, help=GUIDANCE_HELP)] = None,
     stream: Annotated[bool, typer.Option("--stream", help="Decode while generating; report time to first audio.")] = False,
     batch: Annotated[Path | None, typer.Option(help="JSONL requests {id, transcript, voice?, ref_audio?, ref_text?, seed?}.")] = None,
     out_dir: Annotated[Path | None, typer.Option(help="With --batch: where <id>.wav files go.")] = None,
@@ -96,10 +105,11 @@ def generate(
     """Speak a transcript (or a JSONL batch of requests) with the Higgs Audio LM; 24 kHz wav out."""
     from cadenza.core.audio import AudioError
 
+    settings = _settings(seed, temperature, max_new_tokens, phoneme_guidance)
     if batch is not None:
         if out_dir is None:
             fail("--batch needs --out-dir")
-        _generate_batch(batch, out_dir, batch_size, model, codec, temperature, max_new_tokens)
+        _generate_batch(batch, out_dir, batch_size, model, codec, settings)
         return
     if transcript is None or out is None:
         fail("give --transcript and --out (or --batch and --out-dir)")
@@ -109,8 +119,8 @@ def generate(
         transcript = Path(transcript).read_text()
     engine = _engine(model, codec)
     try:
-        request = _request(engine, transcript, voice, ref_audio, ref_text, scene, chunk_method, seed,
-                           ref_in_system, temperature, max_new_tokens)
+        request = _request(engine, transcript, voice, ref_audio, ref_text, scene, chunk_method, settings,
+                           ref_in_system)
         if stream:
             audio, usage = _stream(engine, request)
         else:
@@ -145,9 +155,11 @@ def _stream(engine, request):
     return (np.concatenate(pieces) if pieces else None), {"finish_reason": finish_reason}
 
 
-def _generate_batch(path: Path, out_dir: Path, batch_size: int, model, codec, temperature: float,
-                    max_new_tokens: int) -> None:
-    """Each valid line becomes DIR/<id>.wav; bad lines are reported and skipped (exit 1 if any)."""
+def _generate_batch(path: Path, out_dir: Path, batch_size: int, model, codec, settings) -> None:
+    """Each valid line becomes DIR/<id>.wav (with `settings`, the line's seed); bad lines are reported and skipped
+    (exit 1 if any)."""
+    from dataclasses import replace
+
     from cadenza.core.audio import AudioError
     from cadenza.higgs_audio.speak import check_request, speak_batch
 
@@ -163,8 +175,7 @@ def _generate_batch(path: Path, out_dir: Path, batch_size: int, model, codec, te
             if not isinstance(item, dict) or not item.get("id") or not item.get("transcript"):
                 raise ValueError("needs string fields 'id' and 'transcript'")
             request = _request(engine, item["transcript"], item.get("voice"), item.get("ref_audio"),
-                               item.get("ref_text"), None, None, item.get("seed"),
-                               temperature=temperature, max_new_tokens=max_new_tokens)
+                               item.get("ref_text"), None, None, replace(settings, seed=item.get("seed")))
             check_request(engine, request)
             jobs.append((str(item["id"]), request))
         except (ValueError, AudioError, json.JSONDecodeError) as exc:
@@ -198,6 +209,7 @@ def evaluate(
     per_voice: Annotated[int, typer.Option(min=0, help="Sentences per cloned voice (test-only speakers and Festival voices).")] = 4,
     festival: Annotated[bool, typer.Option(help="Also clone Festival voices (never trained on; needs text2wave).")] = True,
     batch_size: Annotated[int, typer.Option(min=1, help="Requests generated together.")] = 8,
+    phoneme_guidance: Annotated[float | None, typer.Option(min=0, help=GUIDANCE_HELP)] = None,
     out: Annotated[Path | None, typer.Option(help="JSON report.")] = None,
     model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
     codec: Annotated[Path | None, typer.Option(help=CODEC_HELP)] = None,
@@ -210,7 +222,7 @@ def evaluate(
         cases = build_cases(corpus, joe=joe, per_voice=per_voice, festival=festival)
     except (FileNotFoundError, ValueError) as exc:  # no corpus, or a manifest line that is not JSON
         fail(str(exc))
-    report = evaluate_tts(engine, cases, batch_size=batch_size)
+    report = evaluate_tts(engine, cases, batch_size=batch_size, phoneme_guidance=phoneme_guidance)
     typer.echo(format_report(report))
     if out is not None:
         write_report(report, out)

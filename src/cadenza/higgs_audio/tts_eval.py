@@ -130,8 +130,9 @@ def _joe_sentences(corpus_dir: Path, test: list[dict], n: int, work_dir: Path,
 
 
 def evaluate_tts(engine: HiggsAudioServeEngine, cases: list[Case], batch_size: int = 8, seed: int = 0,
-                 temperature: float = 0.7, progress: bool = True) -> dict:
-    """Generate every case (batched), then measure WER and speaker similarity; per-group aggregates + rows."""
+                 temperature: float = 0.7, phoneme_guidance: float | None = None, progress: bool = True) -> dict:
+    """Generate every case (batched), then measure WER and speaker similarity; per-group aggregates + rows.
+    phoneme_guidance None: GenerationSettings' default."""
     from tqdm import tqdm
 
     references: dict[tuple[str, str], Reference] = {}
@@ -140,7 +141,8 @@ def evaluate_tts(engine: HiggsAudioServeEngine, cases: list[Case], batch_size: i
         key = (case.reference_audio, case.reference_text)
         if key not in references:
             references[key] = file_reference(engine, case.reference_audio, case.reference_text)
-        settings = GenerationSettings(max_new_tokens=25 * 20, temperature=temperature, seed=seed + n)
+        guidance = {} if phoneme_guidance is None else {"phoneme_guidance": phoneme_guidance}
+        settings = GenerationSettings(max_new_tokens=25 * 20, temperature=temperature, seed=seed + n, **guidance)
         requests.append(SpeechRequest(case.text, {0: references[key]}, settings=settings))
     audios, started = [], time.perf_counter()
     for start in tqdm(range(0, len(requests), batch_size), desc="generating", disable=not progress):
