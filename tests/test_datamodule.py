@@ -187,3 +187,11 @@ def test_datamodule_rejects_bad_arguments(real_corpus):
         StariaDataModule(real_corpus, task="nope")
     with pytest.raises(ValueError, match="weight"):
         StariaDataModule([(real_corpus, 0.0)])
+
+
+def test_contrastive_views_keep_their_key_without_pitch_shift(real_corpus):
+    """`data.max_pitch_shift: 0` (configs/staria_encoder_keyed.yaml): no view is transposed."""
+    dm = StariaDataModule(real_corpus, task="contrastive", batch_size=4, snippet_len=120, max_pitch_shift=0)
+    dm.setup()
+    dataset = dm.datasets["train"]
+    assert all((dataset[k]["pitch_shift"] == 0).all() for k in range(len(dataset)))

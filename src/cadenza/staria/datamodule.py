@@ -226,7 +226,8 @@ class StariaDataModule(LightningDataModule):
     def __init__(self, corpora: CorpusSpec | Sequence[CorpusSpec], task: str = "generative",
                  batch_size: int = 8, max_seq_len: int = 4096, prompt: bool = False, form_token: bool = False,
                  snippet_len: int = 256, num_workers: int = 0, samples_per_epoch: int | None = None,
-                 min_snippet_len: int | None = None) -> None:
+                 min_snippet_len: int | None = None, max_pitch_shift: int = 5) -> None:
+        """max_pitch_shift: the contrastive views' transposition range in semitones (0: views keep their key)."""
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
@@ -235,6 +236,7 @@ class StariaDataModule(LightningDataModule):
         self.prompt, self.form_token, self.snippet_len = prompt, form_token, snippet_len
         self.num_workers, self.samples_per_epoch = num_workers, samples_per_epoch
         self.min_snippet_len = min_snippet_len  # training only: validation keeps fixed snippets
+        self.max_pitch_shift = max_pitch_shift
         self.tokenizer = StariaTokenizer()
         self.collate = Collator(task, self.tokenizer.pad_id)
         self.datasets: dict[str, Dataset] = {}
@@ -253,7 +255,7 @@ class StariaDataModule(LightningDataModule):
             return GenerativeDataset(pieces, self.tokenizer, self.max_seq_len, self.prompt, self.form_token,
                                      self.snippet_len, self.min_snippet_len if train else None)
         if self.task == "contrastive":
-            return ContrastiveDataset(pieces, self.tokenizer, self.snippet_len)
+            return ContrastiveDataset(pieces, self.tokenizer, self.snippet_len, self.max_pitch_shift)
         return ClassificationDataset(pieces, self.tokenizer, self.max_seq_len)
 
     def sample_weights(self, pieces: Pieces) -> torch.Tensor:

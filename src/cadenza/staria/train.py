@@ -42,7 +42,7 @@ def default_config(task: str) -> dict[str, Any]:
     return {
         "model": {"preset": "small", "init_from": None, "encoder_from": None, **{f.name: None for f in fields(StariaConfig)}},
         "data": {"corpora": [], "max_seq_len": 1024, "snippet_len": 256, "min_snippet_len": None, "form_token": True,
-                 "samples_per_epoch": None},
+                 "samples_per_epoch": None, "max_pitch_shift": 5},
         "task": dict(TASK_DEFAULTS[task]),
         "train": asdict(TrainConfig()),
     }
@@ -110,6 +110,7 @@ def train(task: str, config_path: str | Path | None = None, overrides: list[str]
         max_seq_len=min(data["max_seq_len"], model_cfg.max_seq_len), prompt=DATA_TASK[task] == "generative",
         form_token=data["form_token"], snippet_len=data["snippet_len"], num_workers=train_cfg.num_workers,
         samples_per_epoch=data["samples_per_epoch"], min_snippet_len=data["min_snippet_len"],
+        max_pitch_shift=data["max_pitch_shift"],
     )
     module = TASKS[task](model_cfg, train_cfg, **cfg["task"])
     if cfg["model"]["init_from"] is not None:
