@@ -254,6 +254,21 @@ def test_stream_concatenates_to_the_generated_audio(engine, joe, chunk, first):
     np.testing.assert_allclose(streamed, whole.audio, atol=1e-4)
 
 
+def test_decode_codebooks_turns_only_the_first_k_into_audio(tiny_speech_model, joe):
+    """`decode_codebooks=K`: the audio (whole and streamed) is the codec's decode of the first K codebooks;
+    the response keeps all of them. K outside 1..n_q is refused."""
+    engine = HiggsAudioServeEngine(tiny_speech_model, decode_codebooks=2)
+    prompt = _prompt(engine, SENTENCES[1], {0: joe})
+    settings = GenerationSettings(max_new_tokens=40, seed=3)
+    whole = engine.generate_prompts([prompt], settings)[0]
+    assert whole.generated_audio_tokens.shape[0] == N_Q
+    np.testing.assert_allclose(whole.audio, engine.audio_tokenizer.decode(whole.generated_audio_tokens[:2]), atol=1e-5)
+    streamed = np.concatenate([d.audio for d in engine.stream_prompt(prompt, settings) if d.audio is not None])
+    np.testing.assert_allclose(streamed, whole.audio, atol=1e-4)
+    with pytest.raises(ValueError, match="decode_codebooks 9"):
+        HiggsAudioServeEngine(tiny_speech_model, decode_codebooks=9)
+
+
 def test_a_batch_of_streams_decodes_its_due_chunks_in_one_codec_call(engine, joe, monkeypatch):
     """Rows that advance in step have their chunks due together: one codec call per chunk for all of them,
     and each row's audio still joins to its whole decode."""

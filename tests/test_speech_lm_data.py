@@ -230,6 +230,13 @@ def test_tiny_training_resumes_and_exports_a_loadable_model(corpus, tmp_path):
                             f"model.init_from={export}", "model.overrides.transcript_pointer=true"])
     assert any("train/pointer_loss" in p.read_text() for p in (pointer_run / "logs").rglob("metrics.csv"))
     assert HiggsAudioServeEngine(pointer_export).decoder.pointer_head is not None
+    # an export that decodes fewer codebooks keeps the choice in its config
+    from cadenza.higgs_audio.train import export as export_checkpoint
+
+    two = export_checkpoint(run_dir / "checkpoints" / "last.ckpt", tmp_path / "two", decode_codebooks=2)
+    assert HiggsAudioServeEngine(two).decode_codebooks == 2 and engine.decode_codebooks == 8
+    with pytest.raises(ValueError, match="decode_codebooks 0"):
+        export_checkpoint(run_dir / "checkpoints" / "last.ckpt", tmp_path / "zero", decode_codebooks=0)
     # a model refuses an audio tokenizer whose codes it never learned
     config_file = export / "config.json"
     config_file.write_text(config_file.read_text().replace(engine.config.audio_tokenizer_fingerprint, "0123456789ab"))

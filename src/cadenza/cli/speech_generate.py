@@ -19,7 +19,7 @@ GUIDANCE_HELP = ("Weight of the codec's phoneme head in sampling codebook 0, tow
                  "spoken (0: plain sampling; default: the engine's, GenerationSettings.phoneme_guidance).")
 
 
-def _engine(model: Path | None, codec: Path | None):
+def _engine(model: Path | None, codec: Path | None, decode_codebooks: int | None = None):
     from cadenza.higgs_audio.engine import SHIPPED_MODEL, HiggsAudioServeEngine
 
     shipped = (SHIPPED_MODEL / "config.json").is_file()
@@ -28,7 +28,7 @@ def _engine(model: Path | None, codec: Path | None):
     if model is not None and not model.is_dir():
         fail(f"{model}: no such directory" + ("" if shipped else f"; {NO_SHIPPED_MODEL}"))
     try:
-        return HiggsAudioServeEngine(model, codec)
+        return HiggsAudioServeEngine(model, codec, decode_codebooks=decode_codebooks)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
 
@@ -210,6 +210,7 @@ def evaluate(
     festival: Annotated[bool, typer.Option(help="Also clone Festival voices (never trained on; needs text2wave).")] = True,
     batch_size: Annotated[int, typer.Option(min=1, help="Requests generated together.")] = 8,
     phoneme_guidance: Annotated[float | None, typer.Option(min=0, help=GUIDANCE_HELP)] = None,
+    decode_codebooks: Annotated[int | None, typer.Option(min=1, help="Decode only the first K generated codebooks (default: the model's choice, else all).")] = None,
     out: Annotated[Path | None, typer.Option(help="JSON report.")] = None,
     model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
     codec: Annotated[Path | None, typer.Option(help=CODEC_HELP)] = None,
@@ -217,7 +218,7 @@ def evaluate(
     """Word error rate (Whisper tiny.en) and speaker similarity (resemblyzer) on held-out sentences and voices."""
     from cadenza.higgs_audio.tts_eval import build_cases, evaluate_tts, format_report, write_report
 
-    engine = _engine(model, codec)
+    engine = _engine(model, codec, decode_codebooks)
     try:
         cases = build_cases(corpus, joe=joe, per_voice=per_voice, festival=festival)
     except (FileNotFoundError, ValueError) as exc:  # no corpus, or a manifest line that is not JSON

@@ -122,11 +122,13 @@ class HiggsAudioServeEngine:
 
     def __init__(self, model_path: str | Path | None = None, audio_tokenizer_path: str | Path | None = None,
                  device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 decode_weight_dtype: torch.dtype | None = None):
+                 decode_weight_dtype: torch.dtype | None = None, decode_codebooks: int | None = None):
         """dtype: of the model (the prompt's prefill); decode_weight_dtype: how the decoding steps store the
         weights (float16 halves the bytes a step reads; products stay float32, see fast_decoder.py); None takes
         whichever this CPU multiplies faster (`fastest_weight_dtype`: on an AVX512-FP16 Xeon a decode step of the
-        12.6M model took 2.1 ms with float32 weights and 3.4 ms with float16 at batch 1, 7.4 vs 9.2 at batch 16)."""
+        12.6M model took 2.1 ms with float32 weights and 3.4 ms with float16 at batch 1, 7.4 vs 9.2 at batch 16).
+        decode_codebooks: how many of the generated codebooks (the first K) become audio; None: the model's
+        `decode_codebooks` (all when unset). Responses keep every generated codebook."""
         if model_path is None and not (SHIPPED_MODEL / "config.json").is_file():
             raise FileNotFoundError("no speech model is shipped yet: give the directory of one (`cadenza speech train`)")
         model_path = Path(model_path or SHIPPED_MODEL)
@@ -149,6 +151,10 @@ class HiggsAudioServeEngine:
         phonemes = self.audio_tokenizer.code_phoneme_log_probs if self.config.transcript_pointer else None
         self.phoneme_guide = PhonemeGuide(phonemes, self.tokenizer) if phonemes is not None else None
         self.sampling_rate = self.audio_tokenizer.sampling_rate
+        self.decode_codebooks = decode_codebooks or self.config.decode_codebooks or self.config.audio_num_codebooks
+        if not 1 <= self.decode_codebooks <= self.config.audio_num_codebooks:
+            raise ValueError(f"decode_codebooks {self.decode_codebooks}: "
+                             f"the model generates 1..{self.config.audio_num_codebooks}")
         self._codes_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()  # reference clips, newest last
         stops = ("<|eot_id|>", "<|end_of_text|>")
         self._stop_ids = {self.tokenizer.token_id(t) for t in stops}
@@ -185,7 +191,8 @@ class HiggsAudioServeEngine:
     def decode_audio(self, responses: list[HiggsAudioResponse]) -> list[HiggsAudioResponse]:
         """Fill in the audio of responses that have codes, decoded together (one codec call per length)."""
         said = [r for r in responses if r.generated_audio_tokens.shape[1]]
-        for response, audio in zip(said, self.audio_tokenizer.decode_batch([r.generated_audio_tokens for r in said])):
+        clips = [r.generated_audio_tokens[:self.decode_codebooks] for r in said]
+        for response, audio in zip(said, self.audio_tokenizer.decode_batch(clips)):
             response.audio = audio
         return responses
 
@@ -237,7 +244,8 @@ class HiggsAudioServeEngine:
                     delta.text = self.tokenizer.decode([value])
                 elif kind == "audio":
                     delta.audio_tokens = value.numpy()
-                    frames[i] = self._clip(reverters[i].push(value)) if row.finish_reason is None else None
+                    if row.finish_reason is None:
+                        frames[i] = self._clip(reverters[i].push(value)[:self.decode_codebooks])
                 if row.finish_reason is not None:
                     done[i] = True
                     delta.response = self._response(row, self.reverted_codes(row))

@@ -197,9 +197,11 @@ def save_model(model: HiggsAudioModel, tokenizer: TextTokenizer, out_dir: str | 
     return out_dir
 
 
-def export(checkpoint: str | Path, out_dir: str | Path, codec: str | Path | None = None, half: bool = False) -> Path:
+def export(checkpoint: str | Path, out_dir: str | Path, codec: str | Path | None = None, half: bool = False,
+           decode_codebooks: int | None = None) -> Path:
     """Export a Lightning checkpoint of a `speech train` run (its tokenizer sits two levels up) trained on
-    the codes of `codec` (None = the shipped audio tokenizer)."""
+    the codes of `codec` (None = the shipped audio tokenizer); decode_codebooks: how many codebooks the engine
+    decodes (HiggsAudioConfig.decode_codebooks; None: all)."""
     checkpoint = Path(checkpoint)
     try:  # our own run's resume state: hyper-parameters are plain dicts, the rest may be any object
         module = SpeechLMModule.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=False)
@@ -207,6 +209,10 @@ def export(checkpoint: str | Path, out_dir: str | Path, codec: str | Path | None
     except Exception as e:  # noqa: BLE001 - torch and Lightning raise many kinds for a corrupt or foreign file
         raise CheckpointError(f"{checkpoint}: not a checkpoint of a speech LM run ({e})") from e
     tokenizer = TextTokenizer.load(checkpoint.parent.parent / TOKENIZER_FILE)
+    if decode_codebooks is not None:
+        if not 1 <= decode_codebooks <= module.model.config.audio_num_codebooks:
+            raise ValueError(f"decode_codebooks {decode_codebooks}: expected 1..{module.model.config.audio_num_codebooks}")
+        module.model.config.decode_codebooks = decode_codebooks
     return save_model(module.model, tokenizer, out_dir, step=step, codec=codec, half=half)
 
 
