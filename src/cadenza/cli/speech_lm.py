@@ -68,7 +68,7 @@ def export(
     out_dir: Annotated[Path, typer.Argument(help="Model directory (weights, config, tokenizer.json).")],
     half: Annotated[bool, typer.Option("--half", help="Store weights as float16 (for shipping).")] = False,
     codec: Annotated[Path | None, typer.Option(help="The audio tokenizer the run trained on (default: the shipped one).")] = None,
-    decode_codebooks: Annotated[int | None, typer.Option(min=1, help="How many of its codebooks (the first K) the engine decodes to audio (default: all); choose by `cadenza speech evaluate --decode-codebooks`.")] = None,
+    decode_codebooks: Annotated[int | None, typer.Option(min=1, help="How many of its codebooks (the first K) the engine decodes to audio (default: all); choose by `cadenza speech eval --decode-codebooks`.")] = None,
 ) -> None:
     """Turn a training checkpoint of the audio LM into a model directory the engine loads."""
     from cadenza.higgs_audio.train import export as run
