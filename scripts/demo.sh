@@ -39,7 +39,7 @@ cadenza speech codec encode src/cadenza/pretrained/voices/heart.wav --out-dir "$
 cadenza speech codec decode "$OUT/codes/heart.npy" --out-dir "$OUT/speech"
 ls -l "$OUT/codes/heart.npy" "$OUT/speech/heart.wav"
 
-echo "== 7. the speech LM: say a sentence, clone a voice preset, write a two-speaker dialogue"
+echo "== 7. the speech LM (a preview, see its MODEL_CARD.md): say a sentence, clone a voice preset, write a two-speaker dialogue"
 if [ -f src/cadenza/pretrained/higgs_audio_small/config.json ]; then
   cadenza speech generate --transcript "Good morning. The coffee is ready, and the sun is out." --voice joe \
       --seed 0 --out "$OUT/speech/said.wav"
@@ -50,5 +50,5 @@ if [ -f src/cadenza/pretrained/higgs_audio_small/config.json ]; then
       --chunk-method speaker --seed 0 --out "$OUT/speech/dialogue.wav"
   ls -l "$OUT"/speech/{said,cloned,dialogue}.wav
 else
-  echo "no speech LM is shipped yet (issue 15: training on the v3 codes); see docs/training.md"
+  echo "the shipped speech LM (src/cadenza/pretrained/higgs_audio_small) is missing from this checkout"
 fi

@@ -313,7 +313,7 @@ def test_api_key_and_timeout(engine, never_stops, tmp_path):
 
 
 def test_no_speech_model_answers_503(tmp_path):
-    with serve_in_background(create_app(ServerConfig(voices_dir=tmp_path))) as base:
+    with serve_in_background(create_app(ServerConfig(voices_dir=tmp_path, speech=False))) as base:
         response = http.post(f"{base}/v1/audio/speech", json={"input": "Hi.", "voice": "joe"})
         assert _error(response, 503)["code"] == "model_not_loaded"
         assert {m["id"] for m in http.get(f"{base}/v1/models").json()["data"]} == {"staria"}

@@ -88,9 +88,9 @@ def test_missing_model_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["speech", "generate", "--model", str(missing), "--transcript", "Hi.", "--out", str(tmp_path / "x.wav")])
     assert result.exit_code == 1 and f"{missing}: no such directory" in result.output
     if not (SHIPPED_MODEL / "config.json").is_file():
-        assert "no speech model is shipped yet: pass --model DIR" in result.output
+        assert "the shipped speech model is missing" in result.output
         result = runner.invoke(app, ["speech", "generate", "--transcript", "Hi.", "--out", str(tmp_path / "x.wav")])
-        assert result.exit_code == 1 and "no speech model is shipped yet: pass --model DIR" in result.output
+        assert result.exit_code == 1 and "the shipped speech model is missing" in result.output
 
 
 def test_a_transcript_too_long_for_one_piece_is_said_in_chunks_or_refused(tiny_speech_model, build_tiny_speech_model,
@@ -158,9 +158,9 @@ def test_codec_commands_take_codec_and_still_read_the_old_model_spelling(tmp_pat
     assert "--codec" in help_text and "--model" not in help_text
 
 
-def test_a_missing_speech_model_is_never_called_the_shipped_one(tmp_path):
-    """Until a speech model ships, the --model / --speech-model helps say so, and a missing directory is named
-    as missing (not as "not a model directory")."""
+def test_model_helps_name_the_default_and_a_missing_model_is_named_missing(tmp_path):
+    """The --model / --speech-model helps say what the default is (the shipped preview), and a missing directory
+    is named as missing (not as "not a model directory")."""
     import typer.main
 
     commands = typer.main.get_command(app).commands
@@ -168,7 +168,7 @@ def test_a_missing_speech_model_is_never_called_the_shipped_one(tmp_path):
     options = [(commands["serve"], "speech_model"), (speech["generate"], "model"), (speech["eval"], "model")]
     for command, name in options:
         help_text = next(p.help for p in command.params if p.name == name)
-        assert "no speech model is shipped yet" in help_text and "the shipped one" not in help_text, help_text
+        assert "default: the shipped preview" in help_text and "higgs_audio_small" in help_text, help_text
     missing = tmp_path / "nowhere"
     result = runner.invoke(app, ["serve", "--speech-model", str(missing), "--voices-dir", str(tmp_path)])
     assert result.exit_code == 1 and f"{missing}: no such directory" in result.output

@@ -117,3 +117,11 @@ def test_guided_codes_sound_like_the_token_the_pointer_is_on(pointer_engine, mon
         return float(np.mean(said[wanted >= 0] == wanted[wanted >= 0]))
 
     assert hits(0.0) < 0.35 < 0.8 < hits(8.0)
+
+
+def test_the_shipped_preview_loads_with_its_choices():
+    """The shipped speech model (a preview, see its MODEL_CARD.md) is what the engine loads by default: a
+    transcript-pointer model, guided by the shipped codec's phoneme head, decoding its first codebook."""
+    engine = HiggsAudioServeEngine()
+    assert engine.config.transcript_pointer and engine.phoneme_guide is not None
+    assert engine.decode_codebooks == engine.config.decode_codebooks == 1

@@ -11,9 +11,10 @@ import typer
 
 from cadenza.cli.common import fail
 
-NO_SHIPPED_MODEL = ("no speech model is shipped yet: pass --model DIR, a model directory written by "
-                    "`cadenza speech train` or `cadenza speech export`")
-MODEL_HELP = "Speech LM directory (from `cadenza speech train` or `export`; no speech model is shipped yet)."
+NO_SHIPPED_MODEL = ("the shipped speech model is missing from this install (cadenza/pretrained/higgs_audio_small): "
+                    "pass --model DIR, a model directory written by `cadenza speech train` or `cadenza speech export`")
+MODEL_HELP = ("Speech LM directory (from `cadenza speech train` or `export`; default: the shipped preview, "
+              "cadenza/pretrained/higgs_audio_small, see its MODEL_CARD.md).")
 CODEC_HELP = "Audio tokenizer directory (default: the shipped one)."
 GUIDANCE_HELP = ("Weight of the codec's phoneme head in sampling codebook 0, toward the transcript token being "
                  "spoken (0: plain sampling; default: the engine's, GenerationSettings.phoneme_guidance).")

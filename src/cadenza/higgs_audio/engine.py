@@ -1,6 +1,6 @@
 """HiggsAudioServeEngine: ChatML in, 24 kHz speech out - one request, a batch, or a stream.
 
-    engine = HiggsAudioServeEngine(model_dir)              # a trained model (no speech model is shipped yet)
+    engine = HiggsAudioServeEngine()                       # the shipped preview (or a model directory)
     response = engine.generate(sample, seed=0)             # HiggsAudioResponse(audio, sampling_rate, ...)
     responses = engine.generate_batch([s1, s2, ...])       # many requests in one batched decode
     async for delta in engine.generate_delta_stream(sample): play(delta.audio)
@@ -130,7 +130,8 @@ class HiggsAudioServeEngine:
         decode_codebooks: how many of the generated codebooks (the first K) become audio; None: the model's
         `decode_codebooks` (all when unset). Responses keep every generated codebook."""
         if model_path is None and not (SHIPPED_MODEL / "config.json").is_file():
-            raise FileNotFoundError("no speech model is shipped yet: give the directory of one (`cadenza speech train`)")
+            raise FileNotFoundError(f"the shipped speech model is missing from this install ({SHIPPED_MODEL}): "
+                                    "give the directory of one (`cadenza speech train`)")
         model_path = Path(model_path or SHIPPED_MODEL)
         if not model_path.is_dir():
             raise FileNotFoundError(f"{model_path}: no such directory")

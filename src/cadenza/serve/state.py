@@ -24,6 +24,7 @@ class ServerConfig:
     """Settings of a server (the `cadenza serve` options)."""
 
     speech_model: Path | None = None  # None: the shipped speech model, if one is shipped
+    speech: bool = True  # False: no speech model at all (a music-only server; speech routes answer 503)
     music_model: Path | None = None  # None: the shipped music generator
     voices_dir: Path = field(default_factory=default_voices_dir)
     api_key: str | None = None
@@ -50,7 +51,7 @@ class ServerState:
         self.voices = VoiceStore(preset_voices(), config.voices_dir, config.max_voice_bytes,
                                  max_seconds=config.max_voice_seconds)
         self.default_scene = DEFAULT_SCENE
-        model = config.speech_model or default_model()
+        model = (config.speech_model or default_model()) if config.speech else None
         if engine is None and model is not None:
             engine = HiggsAudioServeEngine(model)
         self.speech = None if engine is None else SpeechWorker(
