@@ -89,9 +89,13 @@ def _say(engine, text: str, steps: int, guidance: float = 4.0):
 
 
 def test_no_eos_before_the_pointer_reaches_the_last_token(pointer_engine, monkeypatch):
+    from cadenza.higgs_audio.engine import MAX_FRAMES_PER_TOKEN
+
     _always(pointer_engine, monkeypatch, step=0, eos_first=True)  # a pointer that never moves
-    response, _ = _say(pointer_engine, "How are you today?", 40)
-    assert response.usage["finish_reason"] == "length"
+    response, reading = _say(pointer_engine, "How are you today?", 300)
+    # it ends once it has spoken MAX_FRAMES_PER_TOKEN frames a token, not at max_new_tokens
+    assert response.usage["finish_reason"] == "stop"
+    assert response.generated_audio_tokens.shape[1] == MAX_FRAMES_PER_TOKEN * len(reading) - 1
     monkeypatch.undo()
     _always(pointer_engine, monkeypatch, step=1, eos_first=True)  # one token a frame: ends once it is read
     response, reading = _say(pointer_engine, "How are you today?", 200)

@@ -50,6 +50,9 @@ from cadenza.higgs_audio.sampler import BatchSampler
 from cadenza.higgs_audio.text import TextTokenizer, sounding
 
 CODES_CACHE_SIZE = 64  # reference clips whose codes an engine keeps
+# A row may not end before its transcript pointer reaches the last token, unless it has spoken this many frames
+# per sounding token (3x the corpus's mean pace of 1.32): a pointer that stalls ends, not runs to max_new_tokens.
+MAX_FRAMES_PER_TOKEN = 4
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "pretrained" / "higgs_audio_small"
 
 
@@ -398,10 +401,12 @@ class HiggsAudioServeEngine:
 
     def _guide(self, rows: list[_Row], logits: torch.Tensor) -> None:
         """Codebook-0 logits (n, V) of rows with a transcript, in place: guided toward the phoneme each row's
-        pointer is on (`phoneme_guidance`), and no EOS before the pointer reaches the transcript's last token."""
+        pointer is on (`phoneme_guidance`), and no EOS before the pointer reaches the transcript's last token
+        (or the row has spoken MAX_FRAMES_PER_TOKEN frames per token)."""
         if not any(row.reading for row in rows):
             return
-        early = [j for j, row in enumerate(rows) if row.reading and row.pointer < len(row.reading) - 1]
+        early = [j for j, row in enumerate(rows) if row.reading and row.pointer < len(row.reading) - 1
+                 and len(row.columns) < MAX_FRAMES_PER_TOKEN * len(row.reading)]
         logits[early, self.config.audio_stream_eos_id] = float("-inf")
         if self.phoneme_guide is not None:
             self.phoneme_guide.apply(logits, [row.reading[row.pointer] if row.reading else -1 for row in rows],
