@@ -1,6 +1,8 @@
-"""Evaluation helpers that need no models: word normalisation, edit distance, aggregation, manifest clips."""
+"""Evaluation helpers: word normalisation, edit distance, aggregation, manifest clips, DNSMOS."""
 
 import json
+
+import numpy as np
 
 from cadenza.higgs_audio.codec.codec_eval import ClipResult, aggregate, manifest_clips
 from cadenza.higgs_audio.speech_metrics import edit_distance, normalize_words
@@ -48,3 +50,14 @@ def test_festival_clips_are_kept_per_sentence(tmp_path):
     assert [c.text for c in first] == ["Good morning.", "See you soon."]
     assert second[0].text.startswith("A completely") and second[0].audio not in {c.audio for c in first}
     assert sf.info(second[0].audio).duration > sf.info(first[0].audio).duration
+
+
+def test_dnsmos_rates_speech_above_noise():  # the real DNSMOS models, shipped inside the speechmos package
+    from cadenza.core.audio import read_audio, resample
+    from cadenza.higgs_audio.engine import SHIPPED_MODEL
+    from cadenza.higgs_audio.speech_metrics import dnsmos
+
+    speech, sr = read_audio(SHIPPED_MODEL.parent / "voices" / "joe.wav")
+    speech = resample(speech, sr, 16000)
+    noise = np.random.default_rng(0).normal(0, 0.1, len(speech)).astype(np.float32)
+    assert 1.0 <= dnsmos(noise) < 2.0 < dnsmos(speech) <= 5.0

@@ -547,27 +547,28 @@ def test_text_longer_than_the_context_is_said_in_chunks_that_fit_or_refused(tmp_
 
 
 def test_aggregate_and_report():
-    rows = [CaseResult("joe", "joe", "a b c d", "a b c", 4, 1, 0, 1, 0.8, 1.5),
-            CaseResult("joe", "joe", "e f", "e g h", 2, 2, None, None, 0.6, 0.5),
-            CaseResult("festival", "kal", "x y z w", "x y z w", 4, 0, 2, 3, 0.9, 2.0)]
+    rows = [CaseResult("joe", "joe", "a b c d", "a b c", 4, 1, 0, 1, 0.8, 1.5, 3.0, 3.5),
+            CaseResult("joe", "joe", "e f", "e g h", 2, 2, None, None, 0.6, 0.5, 2.0, None),
+            CaseResult("festival", "kal", "x y z w", "x y z w", 4, 0, 2, 3, 0.9, 2.0, 2.5, 2.3)]
     joe_group = aggregate(rows[:2])
     assert joe_group["n"] == 2 and joe_group["wer"] == pytest.approx(50.0)
     assert joe_group["engine_wer"] == pytest.approx(0.0)  # only the row with a known engine transcript counts
     assert joe_group["codec_wer"] == pytest.approx(25.0)
     assert joe_group["similarity"] == pytest.approx(0.7) and joe_group["mean_seconds"] == pytest.approx(1.0)
+    assert joe_group["dnsmos"] == pytest.approx(2.5) and joe_group["engine_dnsmos"] == pytest.approx(3.5)
     festival = aggregate(rows[2:])
     assert festival["wer"] == 0.0 and festival["engine_wer"] == pytest.approx(50.0)
     none_known = aggregate([rows[1]])
-    assert none_known["engine_wer"] is None and none_known["codec_wer"] is None
+    assert none_known["engine_wer"] is None and none_known["codec_wer"] is None and none_known["engine_dnsmos"] is None
     report = {"groups": {"joe": joe_group, "festival": festival, "x": none_known},
               "voices": {"festival/kal": festival}, "rtf": 0.1234, "batch_size": 8}
     lines = format_report(report).splitlines()
     assert lines[0].split() == ["group", "n", "WER", "%", "engine", "WER", "%", "codec", "WER", "%", "similarity",
-                                "mean", "s"]
-    assert lines[1].split() == ["joe", "2", "50.0", "0.0", "25.0", "0.700", "1.00"]
-    assert lines[2].split() == ["festival", "1", "0.0", "50.0", "75.0", "0.900", "2.00"]
-    assert lines[3].split() == ["x", "1", "100.0", "-", "-", "0.600", "0.50"]
-    assert lines[4].split() == ["festival/kal", "1", "0.0", "50.0", "75.0", "0.900", "2.00"]
+                                "DNSMOS", "engine", "DNSMOS", "mean", "s"]
+    assert lines[1].split() == ["joe", "2", "50.0", "0.0", "25.0", "0.700", "2.50", "3.50", "1.00"]
+    assert lines[2].split() == ["festival", "1", "0.0", "50.0", "75.0", "0.900", "2.50", "2.30", "2.00"]
+    assert lines[3].split() == ["x", "1", "100.0", "-", "-", "0.600", "2.00", "-", "0.50"]
+    assert lines[4].split() == ["festival/kal", "1", "0.0", "50.0", "75.0", "0.900", "2.50", "2.30", "2.00"]
     assert lines[-1] == "real-time factor (batch 8): 0.123"
 
 

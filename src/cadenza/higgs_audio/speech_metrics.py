@@ -1,5 +1,5 @@
 """Measures shared by the codec and the speech LM evaluations: Whisper word error rate, resemblyzer
-speaker similarity, and clips of voices no model here ever trains on (Festival, synthesized at
+speaker similarity, DNSMOS quality, and clips of voices no model here ever trains on (Festival, synthesized at
 evaluation time only)."""
 
 from __future__ import annotations
@@ -96,6 +96,16 @@ class SpeakerEncoder:
         """Cosine similarity of two 16 kHz utterances' voices."""
         ea, eb = self.embed(a16k), self.embed(b16k)
         return float(np.dot(ea, eb) / (np.linalg.norm(ea) * np.linalg.norm(eb)))
+
+
+def dnsmos(wav16k: np.ndarray) -> float:
+    """DNSMOS P.835 overall quality (1-5, no reference needed) of 16 kHz audio: Microsoft's DNS challenge
+    predictor, whose ONNX models ship inside the `speechmos` package."""
+    try:
+        from speechmos import dnsmos as model
+    except ImportError as exc:
+        raise RuntimeError("DNSMOS needs `pip install speechmos` (the `eval` extra)") from exc
+    return float(model.run(np.clip(wav16k, -1.0, 1.0).astype(np.float32), 16000)["ovrl_mos"])
 
 
 def festival_clips(sentences: list[str], out_dir: Path, per_voice: int, voices=FESTIVAL_VOICES) -> list[Clip]:

@@ -4,6 +4,7 @@ Groups (all sentences from the corpus' test split, never trained on):
 - `joe`: the shipped `joe` voice preset says held-out sentences; word error rate of Whisper tiny.en;
 - `unseen_speaker`: voices held out of training entirely (the corpus' test-only speakers), cloned from one
   reference clip + transcript; WER, and resemblyzer similarity of the generated speech to the reference;
+  every clip also gets DNSMOS P.835 overall quality (1-5; the reference engine's own speech too, where known);
 - `festival`: Festival voices no model here ever trains on, synthesized at evaluation time, cloned the same way.
   Two of them record speakers the corpus also has through flite (kal_diphone ~ flite kal16, the same diphone
   recordings; cmu_us_slt_arctic_hts ~ flite slt, the same ARCTIC speaker by another synthesis method): only
@@ -29,7 +30,8 @@ from cadenza.core.audio import read_audio, resample
 from cadenza.higgs_audio.engine import GenerationSettings, HiggsAudioServeEngine
 from cadenza.higgs_audio.manifest import read_manifest
 from cadenza.higgs_audio.speak import Reference, SpeechRequest, file_reference, speak_batch
-from cadenza.higgs_audio.speech_metrics import SpeakerEncoder, Transcriber, edit_distance, festival_clips, normalize_words
+from cadenza.higgs_audio.speech_metrics import (SpeakerEncoder, Transcriber, dnsmos, edit_distance, festival_clips,
+                                                normalize_words)
 
 
 @dataclass
@@ -56,6 +58,8 @@ class CaseResult:
     codec_errors: int | None  # the engine's speech after an audio tokenizer round trip
     similarity: float
     seconds: float
+    dnsmos: float
+    engine_dnsmos: float | None  # the engine's own speech of `text`
 
 
 def build_cases(corpus_dir: str | Path, joe: int = 30, per_voice: int = 4, festival: bool = True,
@@ -156,15 +160,17 @@ def evaluate_tts(engine: HiggsAudioServeEngine, cases: list[Case], batch_size: i
         generated16 = resample(audio, sr, 16000) if len(audio) else np.zeros(1600, np.float32)
         hypothesis = transcribe(generated16)
         reference16 = resample(read_audio(case.reference_audio, sr=sr)[0], sr, 16000)
-        engine_errors = codec_errors = None
+        engine_errors = codec_errors = engine_quality = None
         if case.engine_audio:
             spoken = read_audio(case.engine_audio, sr=sr)[0]
             round_trip = engine.audio_tokenizer.decode(engine.audio_tokenizer.encode(spoken, sr=sr))
-            engine_errors, codec_errors = (edit_distance(words, normalize_words(transcribe(resample(a, sr, 16000))))
-                                           for a in (spoken, round_trip))
+            spoken16, round_trip16 = (resample(a, sr, 16000) for a in (spoken, round_trip))
+            engine_errors, codec_errors = (edit_distance(words, normalize_words(transcribe(a))) for a in (spoken16, round_trip16))
+            engine_quality = dnsmos(spoken16)
         results.append(CaseResult(case.group, case.voice, case.text, hypothesis, len(words),
                                   edit_distance(words, normalize_words(hypothesis)), engine_errors, codec_errors,
-                                  speaker.similarity(reference16, generated16) if len(audio) else 0.0, len(audio) / sr))
+                                  speaker.similarity(reference16, generated16) if len(audio) else 0.0, len(audio) / sr,
+                                  dnsmos(generated16), engine_quality))
     audio_seconds = sum(r.seconds for r in results)
     groups, voices = defaultdict(list), defaultdict(list)
     for r in results:
@@ -180,8 +186,8 @@ def evaluate_tts(engine: HiggsAudioServeEngine, cases: list[Case], batch_size: i
 
 
 def aggregate(rows: list[CaseResult]) -> dict:
-    """Corpus-level WER (errors / words), mean similarity, and the engines' own WER (as said, and through the
-    audio tokenizer) where known."""
+    """Corpus-level WER (errors / words), mean similarity and DNSMOS, and the engines' own WER (as said, and
+    through the audio tokenizer) and DNSMOS where known."""
     words = sum(r.words for r in rows) or 1
     known = [r for r in rows if r.engine_errors is not None]
     known_words = sum(r.words for r in known) or 1
@@ -191,17 +197,21 @@ def aggregate(rows: list[CaseResult]) -> dict:
         "engine_wer": 100.0 * sum(r.engine_errors for r in known) / known_words if known else None,
         "codec_wer": 100.0 * sum(r.codec_errors for r in known) / known_words if known else None,
         "similarity": float(np.mean([r.similarity for r in rows])),
+        "dnsmos": float(np.mean([r.dnsmos for r in rows])),
+        "engine_dnsmos": float(np.mean([r.engine_dnsmos for r in known])) if known else None,
         "mean_seconds": float(np.mean([r.seconds for r in rows])),
     }
 
 
 def format_report(report: dict) -> str:
     """A small table of the groups, then of the voices of each group."""
-    lines = [f"{'group':<32}{'n':>4}{'WER %':>8}{'engine WER %':>14}{'codec WER %':>13}{'similarity':>12}{'mean s':>8}"]
+    lines = [f"{'group':<32}{'n':>4}{'WER %':>8}{'engine WER %':>14}{'codec WER %':>13}{'similarity':>12}"
+             f"{'DNSMOS':>8}{'engine DNSMOS':>15}{'mean s':>8}"]
     for name, g in [*report["groups"].items(), *report["voices"].items()]:
-        engine, codec = (f"{g[k]:.1f}" if g[k] is not None else "-" for k in ("engine_wer", "codec_wer"))
+        engine, codec, engine_quality = (f"{g[k]:.{digits}f}" if g[k] is not None else "-"
+                                         for k, digits in (("engine_wer", 1), ("codec_wer", 1), ("engine_dnsmos", 2)))
         lines.append(f"{name:<32}{g['n']:>4}{g['wer']:>8.1f}{engine:>14}{codec:>13}{g['similarity']:>12.3f}"
-                     f"{g['mean_seconds']:>8.2f}")
+                     f"{g['dnsmos']:>8.2f}{engine_quality:>15}{g['mean_seconds']:>8.2f}")
     lines.append(f"real-time factor (batch {report['batch_size']}): {report['rtf']:.3f}")
     return "\n".join(lines)
 
