@@ -216,7 +216,8 @@ def evaluate(
     model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
     codec: Annotated[Path | None, typer.Option(help=CODEC_HELP)] = None,
 ) -> None:
-    """Word error rate (Whisper tiny.en), speaker similarity (resemblyzer) and DNSMOS quality on held-out sentences and voices."""
+    """Word error rate (Whisper tiny.en), speaker similarity (resemblyzer) and DNSMOS quality on held-out
+    sentences and voices."""
     from cadenza.higgs_audio.tts_eval import build_cases, evaluate_tts, format_report, write_report
 
     engine = _engine(model, codec, decode_codebooks)
