@@ -24,7 +24,11 @@ if [ "$which" = staria ] || [ "$which" = both ]; then
       train.run_dir="$RUNS/staria_v1_hint" ${INIT_FROM:+model.init_from="$INIT_FROM"} >> "$RUNS/staria_v1_hint.log" 2>&1 &
 fi
 if [ "$which" = encoder ]; then  # the contrastive snippet encoder (NICE: share a core with the campaigns)
-  nohup nice -n "${NICE:-0}" cadenza music train encoder --config configs/staria_encoder_small.yaml --resume \
-      >> "$RUNS/staria_encoder.log" 2>&1 &
+  # The key-aware run continues the transposing run's step-1,950 weights (configs/staria_encoder_keyed.yaml).
+  nohup nice -n "${NICE:-0}" cadenza music train encoder --config configs/staria_encoder_keyed.yaml --resume \
+      model.init_from="$RUNS/staria_encoder_step1950" >> "$RUNS/staria_encoder_keyed.log" 2>&1 &
+  # With the kernel's autogroups (one per session, e.g. per setsid), nice only ranks processes of one
+  # session: a job started from another session also needs its session's nice, else it takes an equal share.
+  [ -w "/proc/$!/autogroup" ] && echo "${NICE:-0}" > "/proc/$!/autogroup" || true
 fi
 echo "training in the background; progress: $RUNS/*/logs/version_*/metrics.csv"
