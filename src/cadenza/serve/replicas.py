@@ -7,6 +7,7 @@ directory, so every replica sees them.
 
 from __future__ import annotations
 
+import os
 import time
 
 from cadenza.serve.state import ServerConfig
@@ -24,6 +25,10 @@ def start_replicas(config: ServerConfig, replicas: int, host: str = "127.0.0.1",
     def build_app():
         return create_app(config)
 
+    # Ray Serve restarts a proxy that is not ready within 5 s, and `serve.start` then fails: on a busy 2-core
+    # machine the proxy's process can take longer than that to start. Give it most of serve.start's 60 s.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "50")
+    os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")
     ray.init(num_cpus=replicas, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     serve.start(http_options={"host": host, "port": port})
     deployment = serve.deployment(serve.ingress(build_app)(), name=APP_NAME, num_replicas=replicas,
