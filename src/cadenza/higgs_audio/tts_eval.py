@@ -4,14 +4,14 @@ Groups (all sentences from the corpus' test split, never trained on):
 - `joe`: the shipped `joe` voice preset says held-out sentences; word error rate of Whisper tiny.en;
 - `unseen_speaker`: voices held out of training entirely (the corpus' test-only speakers), cloned from one
   reference clip + transcript; WER, and resemblyzer similarity of the generated speech to the reference;
-  every clip also gets DNSMOS P.835 overall quality (1-5; the reference engine's own speech too, where known);
 - `festival`: Festival voices no model here ever trains on, synthesized at evaluation time, cloned the same way.
   Two of them record speakers the corpus also has through flite (kal_diphone ~ flite kal16, the same diphone
   recordings; cmu_us_slt_arctic_hts ~ flite slt, the same ARCTIC speaker by another synthesis method): only
   ked_diphone is a speaker never heard in any form, so the report also lists every voice on its own.
 For context each clone group also reports the WER of the reference engine's own speech of the sentences, and
 of that speech after a round trip through the audio tokenizer (`codec WER`): the best any model speaking
-through these codes could score.
+through these codes could score. Every clip also gets DNSMOS P.835 overall quality (1-5, no reference needed),
+and so does the reference engine's own speech where the corpus has it.
 Generation runs batched; the real-time factor is wall time over seconds of audio produced.
 """
 
@@ -165,7 +165,8 @@ def evaluate_tts(engine: HiggsAudioServeEngine, cases: list[Case], batch_size: i
             spoken = read_audio(case.engine_audio, sr=sr)[0]
             round_trip = engine.audio_tokenizer.decode(engine.audio_tokenizer.encode(spoken, sr=sr))
             spoken16, round_trip16 = (resample(a, sr, 16000) for a in (spoken, round_trip))
-            engine_errors, codec_errors = (edit_distance(words, normalize_words(transcribe(a))) for a in (spoken16, round_trip16))
+            engine_errors, codec_errors = (edit_distance(words, normalize_words(transcribe(a)))
+                                           for a in (spoken16, round_trip16))
             engine_quality = dnsmos(spoken16)
         results.append(CaseResult(case.group, case.voice, case.text, hypothesis, len(words),
                                   edit_distance(words, normalize_words(hypothesis)), engine_errors, codec_errors,
