@@ -610,3 +610,21 @@ def test_joe_says_held_out_sentences_when_the_corpus_keeps_joe_in_train(tmp_path
     assert all(c.group == "joe" and c.voice == "joe" for c in cases)
     if engine_available("piper"):
         assert all(Path(c.engine_audio).is_file() for c in cases)
+
+
+def test_eval_cases_come_from_the_split_asked_for(tmp_path):
+    """`--split val` says val sentences in val-only voices (to choose settings), never a test sentence."""
+    import json
+
+    from cadenza.higgs_audio.tts_eval import build_cases
+
+    rows = [{"id": f"{split}{i}", "audio": f"{split}{i}.wav", "text": f"A {split} sentence number {i} here.",
+             "speaker": f"flite-{split}", "duration": 3.0, "split": split}
+            for split in ("train", "val", "test") for i in range(3)]
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for split in ("val", "test"):
+        cases = build_cases(tmp_path, joe=0, per_voice=2, festival=False, work_dir=tmp_path / "work", split=split)
+        assert len(cases) == 2
+        assert all(c.voice == f"flite-{split}" and f"A {split} sentence" in c.text for c in cases)
+    with pytest.raises(ValueError, match="split"):
+        build_cases(tmp_path, joe=0, split="train")

@@ -204,8 +204,15 @@ def voices() -> None:
         typer.echo(f"{name}\t{wav.with_suffix('.txt').read_text().strip()}")
 
 
+def _split_option(split: str) -> str:
+    if split not in ("test", "val"):
+        raise typer.BadParameter(f"{split!r} is not one of test, val")
+    return split
+
+
 def evaluate(
-    corpus: Annotated[Path, typer.Option(help="Speech corpus whose test split gives held-out sentences and speakers.")] = Path("data/speech"),
+    corpus: Annotated[Path, typer.Option(help="Speech corpus whose held-out split (--split) gives the sentences and speakers.")] = Path("data/speech"),
+    split: Annotated[str, typer.Option(callback=_split_option, help="Held-out split to say: test (to report), or val (to choose settings such as --phoneme-guidance without tuning on test).")] = "test",
     joe: Annotated[int, typer.Option(min=0, help="Held-out sentences in the joe voice.")] = 30,
     per_voice: Annotated[int, typer.Option(min=0, help="Sentences per cloned voice (test-only speakers and Festival voices).")] = 4,
     festival: Annotated[bool, typer.Option(help="Also clone Festival voices (never trained on; needs text2wave).")] = True,
@@ -222,7 +229,7 @@ def evaluate(
 
     engine = _engine(model, codec, decode_codebooks)
     try:
-        cases = build_cases(corpus, joe=joe, per_voice=per_voice, festival=festival)
+        cases = build_cases(corpus, joe=joe, per_voice=per_voice, festival=festival, split=split)
     except (FileNotFoundError, ValueError) as exc:  # no corpus, or a manifest line that is not JSON
         fail(str(exc))
     report = evaluate_tts(engine, cases, batch_size=batch_size, phoneme_guidance=phoneme_guidance)

@@ -1,8 +1,9 @@
 """How well the speech LM speaks, on sentences and voices it never trained on.
 
-Groups (all sentences from the corpus' test split, never trained on):
+Groups (all sentences from the corpus' test split, never trained on; or from its val split, to choose settings
+such as the guidance weight without tuning on the test sentences):
 - `joe`: the shipped `joe` voice preset says held-out sentences; word error rate of Whisper tiny.en;
-- `unseen_speaker`: voices held out of training entirely (the corpus' test-only speakers), cloned from one
+- `unseen_speaker`: voices held out of training entirely (the corpus' test-only (or val-only) speakers), cloned from one
   reference clip + transcript; WER, and resemblyzer similarity of the generated speech to the reference;
 - `festival`: Festival voices no model here ever trains on, synthesized at evaluation time, cloned the same way.
   Two of them record speakers the corpus also has through flite (kal_diphone ~ flite kal16, the same diphone
@@ -63,23 +64,26 @@ class CaseResult:
 
 
 def build_cases(corpus_dir: str | Path, joe: int = 30, per_voice: int = 4, festival: bool = True,
-                work_dir: str | Path = "runs/eval_tts", seed: int = 0) -> list[Case]:
-    """Held-out sentences for the joe preset, the corpus' test-only speakers and Festival voices."""
+                work_dir: str | Path = "runs/eval_tts", seed: int = 0, split: str = "test") -> list[Case]:
+    """Held-out sentences (of the corpus' `split`: test or val) for the joe preset, the speakers heard only in
+    that split, and Festival voices."""
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', not {split!r}")
     from cadenza.higgs_audio.speak import voices
 
     corpus_dir = Path(corpus_dir)
     rows = read_manifest(corpus_dir)
     rng = random.Random(seed)
     train_speakers = {r["speaker"] for r in rows if r["split"] == "train"}
-    test = [r for r in rows if r["split"] == "test"]
+    held_out = [r for r in rows if r["split"] == split]
     joe_preset = voices().get("joe")
     cases = []
     if joe_preset is not None and joe:
         ref_text = joe_preset.with_suffix(".txt").read_text().strip()
         cases += [Case("joe", "joe", text, str(joe_preset), ref_text, audio)
-                  for text, audio in _joe_sentences(corpus_dir, test, joe, Path(work_dir) / "joe", rng)]
+                  for text, audio in _joe_sentences(corpus_dir, held_out, joe, Path(work_dir) / "joe", rng)]
     by_speaker = defaultdict(list)
-    for r in test:
+    for r in held_out:
         if r["speaker"] not in train_speakers:
             by_speaker[r["speaker"]].append(r)
     for speaker, utterances in sorted(by_speaker.items()):
@@ -93,7 +97,7 @@ def build_cases(corpus_dir: str | Path, joe: int = 30, per_voice: int = 4, festi
             cases.append(Case("unseen_speaker", speaker, r["text"], str(corpus_dir / ref["audio"]), ref["text"],
                               str(corpus_dir / r["audio"])))
     if festival:
-        sentences = sorted({r["text"] for r in test if 5 <= len(r["text"].split()) <= 16})
+        sentences = sorted({r["text"] for r in held_out if 5 <= len(r["text"].split()) <= 16})
         rng.shuffle(sentences)
         clips = festival_clips(sentences[: per_voice + 1], Path(work_dir) / "festival", per_voice + 1)
         by_voice = defaultdict(list)
@@ -105,19 +109,19 @@ def build_cases(corpus_dir: str | Path, joe: int = 30, per_voice: int = 4, festi
     return cases
 
 
-def _joe_sentences(corpus_dir: Path, test: list[dict], n: int, work_dir: Path,
+def _joe_sentences(corpus_dir: Path, held_out: list[dict], n: int, work_dir: Path,
                    rng: random.Random) -> list[tuple[str, str | None]]:
-    """n held-out sentences for joe and Piper joe's own speech of each (None without Piper): the corpus'
-    test utterances of piper-joe, or, where the corpus keeps joe in train only (voices are split by speaker),
-    test sentences of other voices, which joe's Piper voice then says here (kept in work_dir)."""
-    joe_rows = [r for r in test if r["speaker"] == "piper-joe"]
+    """n held-out sentences for joe and Piper joe's own speech of each (None without Piper): the held-out
+    utterances of piper-joe, or, where the corpus keeps joe in train only (voices are split by speaker),
+    held-out sentences of other voices, which joe's Piper voice then says here (kept in work_dir)."""
+    joe_rows = [r for r in held_out if r["speaker"] == "piper-joe"]
     if joe_rows:
         rng.shuffle(joe_rows)
         return [(r["text"], str(corpus_dir / r["audio"])) for r in joe_rows[:n]]
     from cadenza.higgs_audio.corpus import sentence_hash
     from cadenza.higgs_audio.corpus_voices import JOE, SAMPLE_RATE, engine_available, synthesize
 
-    sentences = sorted({r["text"] for r in test if 5 <= len(r["text"].split()) <= 16})
+    sentences = sorted({r["text"] for r in held_out if 5 <= len(r["text"].split()) <= 16})
     rng.shuffle(sentences)
     if not engine_available("piper"):
         return [(text, None) for text in sentences[:n]]
