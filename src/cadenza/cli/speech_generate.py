@@ -217,6 +217,7 @@ def evaluate(
     per_voice: Annotated[int, typer.Option(min=0, help="Sentences per cloned voice (test-only speakers and Festival voices).")] = 4,
     festival: Annotated[bool, typer.Option(help="Also clone Festival voices (never trained on; needs text2wave).")] = True,
     batch_size: Annotated[int, typer.Option(min=1, help="Requests generated together.")] = 8,
+    seed: Annotated[int, typer.Option(help="Sampling seed of the first sentence (sentence n: seed + n); another seed gives another sample of the same sentences.")] = 0,
     phoneme_guidance: Annotated[float | None, typer.Option(min=0, help=GUIDANCE_HELP)] = None,
     decode_codebooks: Annotated[int | None, typer.Option(min=1, help="Decode only the first K generated codebooks (default: the model's choice, else all).")] = None,
     out: Annotated[Path | None, typer.Option(help="JSON report.")] = None,
@@ -232,7 +233,7 @@ def evaluate(
         cases = build_cases(corpus, joe=joe, per_voice=per_voice, festival=festival, split=split)
     except (FileNotFoundError, ValueError) as exc:  # no corpus, or a manifest line that is not JSON
         fail(str(exc))
-    report = evaluate_tts(engine, cases, batch_size=batch_size, phoneme_guidance=phoneme_guidance)
+    report = evaluate_tts(engine, cases, batch_size=batch_size, seed=seed, phoneme_guidance=phoneme_guidance)
     typer.echo(format_report(report))
     if out is not None:
         write_report(report, out)
