@@ -205,8 +205,10 @@ def voices() -> None:
 
 
 def _split_option(split: str) -> str:
-    if split not in ("test", "val"):
-        raise typer.BadParameter(f"{split!r} is not one of test, val")
+    from cadenza.higgs_audio.tts_eval import EVAL_SPLITS
+
+    if split not in EVAL_SPLITS:
+        raise typer.BadParameter(f"{split!r} is not one of {', '.join(EVAL_SPLITS)}")
     return split
 
 

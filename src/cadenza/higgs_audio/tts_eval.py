@@ -35,6 +35,9 @@ from cadenza.higgs_audio.speech_metrics import (SpeakerEncoder, Transcriber, dns
                                                 normalize_words)
 
 
+EVAL_SPLITS = ("test", "val")  # the corpus splits nothing trains on
+
+
 @dataclass
 class Case:
     """One sentence to say in one voice."""
@@ -67,8 +70,8 @@ def build_cases(corpus_dir: str | Path, joe: int = 30, per_voice: int = 4, festi
                 work_dir: str | Path = "runs/eval_tts", seed: int = 0, split: str = "test") -> list[Case]:
     """Held-out sentences (of the corpus' `split`: test or val) for the joe preset, the speakers heard only in
     that split, and Festival voices."""
-    if split not in ("test", "val"):
-        raise ValueError(f"split must be 'test' or 'val', not {split!r}")
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(EVAL_SPLITS)}, not {split!r}")
     from cadenza.higgs_audio.speak import voices
 
     corpus_dir = Path(corpus_dir)
