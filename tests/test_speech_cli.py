@@ -139,6 +139,9 @@ def test_stream_reports_time_to_first_audio(tiny_speech_model, tmp_path):
     chunked = runner.invoke(app, ["speech", "generate", "--model", str(tiny_speech_model), "--transcript", "Hi.", "--out",
                                   str(tmp_path / "c.wav"), "--stream", "--chunk-method", "word"])
     assert chunked.exit_code == 1 and "--chunk-method" in chunked.output
+    takes = runner.invoke(app, ["speech", "generate", "--model", str(tiny_speech_model), "--transcript", "Hi.", "--out",
+                                str(tmp_path / "t.wav"), "--stream", "--best-of", "2"])
+    assert takes.exit_code == 1 and "--best-of" in takes.output
     plain = tmp_path / "plain.wav"
     runner.invoke(app, ["speech", "generate", "--model", str(tiny_speech_model), "--max-new-tokens", "40",
                         "--transcript", "Hello there.", "--voice", "joe", "--out", str(plain), "--seed", "2"])

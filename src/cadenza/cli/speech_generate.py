@@ -16,6 +16,8 @@ NO_SHIPPED_MODEL = ("the shipped speech model is missing from this install (cade
 MODEL_HELP = ("Speech LM directory (from `cadenza speech train` or `export`; default: the shipped preview, "
               "cadenza/pretrained/higgs_audio_small, see its MODEL_CARD.md).")
 CODEC_HELP = "Audio tokenizer directory (default: the shipped one)."
+BEST_OF_HELP = ("Say each request this many times (in one batch) and keep the take the audio tokenizer's phoneme "
+                "recognizer reads as the transcript most easily; not with --stream.")
 GUIDANCE_HELP = ("Weight of the codec's phoneme head in sampling codebook 0, toward the transcript token being "
                  "spoken (0: plain sampling; default: the engine's, GenerationSettings.phoneme_guidance).")
 
@@ -34,12 +36,14 @@ def _engine(model: Path | None, codec: Path | None, decode_codebooks: int | None
         fail(str(exc))
 
 
-def _settings(seed: int | None, temperature: float, max_new_tokens: int, phoneme_guidance: float | None):
+def _settings(seed: int | None, temperature: float, max_new_tokens: int, phoneme_guidance: float | None,
+              best_of: int = 1):
     """GenerationSettings from the CLI's options (phoneme_guidance None: the engine's default)."""
     from cadenza.higgs_audio.engine import GenerationSettings
 
     guidance = {} if phoneme_guidance is None else {"phoneme_guidance": phoneme_guidance}
-    return GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, **guidance)
+    return GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, best_of=best_of,
+                              **guidance)
 
 
 def _request(engine, transcript: str, voice: str | None, ref_audio: str | None, ref_text: str | None,
@@ -96,6 +100,7 @@ def generate(
     temperature: Annotated[float, typer.Option(min=0, help="Sampling temperature.")] = 0.7,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Decode steps per chunk (25 audio frames = 1 s).")] = 1024,
     phoneme_guidance: Annotated[float | None, typer.Option(min=0, help=GUIDANCE_HELP)] = None,
+    best_of: Annotated[int, typer.Option(min=1, help=BEST_OF_HELP)] = 1,
     stream: Annotated[bool, typer.Option("--stream", help="Decode while generating; report time to first audio.")] = False,
     batch: Annotated[Path | None, typer.Option(help="JSONL requests {id, transcript, voice?, ref_audio?, ref_text?, seed?}.")] = None,
     out_dir: Annotated[Path | None, typer.Option(help="With --batch: where <id>.wav files go.")] = None,
@@ -106,7 +111,7 @@ def generate(
     """Speak a transcript (or a JSONL batch of requests) with the Higgs Audio LM; 24 kHz wav out."""
     from cadenza.core.audio import AudioError
 
-    settings = _settings(seed, temperature, max_new_tokens, phoneme_guidance)
+    settings = _settings(seed, temperature, max_new_tokens, phoneme_guidance, best_of)
     if batch is not None:
         if out_dir is None:
             fail("--batch needs --out-dir")
@@ -116,6 +121,8 @@ def generate(
         fail("give --transcript and --out (or --batch and --out-dir)")
     if stream and chunk_method is not None:
         fail("--stream speaks the transcript in one piece; drop --chunk-method or --stream")
+    if stream and best_of > 1:
+        fail("--stream says one take; drop --best-of or --stream")
     if os.path.isfile(transcript):  # not Path.is_file: a long transcript raises "file name too long" there
         transcript = Path(transcript).read_text()
     engine = _engine(model, codec)
@@ -221,6 +228,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1, help="Requests generated together.")] = 8,
     seed: Annotated[int, typer.Option(help="Sampling seed of the first sentence (sentence n: seed + n); another seed gives another sample of the same sentences.")] = 0,
     phoneme_guidance: Annotated[float | None, typer.Option(min=0, help=GUIDANCE_HELP)] = None,
+    best_of: Annotated[int, typer.Option(min=1, help=BEST_OF_HELP)] = 1,
     decode_codebooks: Annotated[int | None, typer.Option(min=1, help="Decode only the first K generated codebooks (default: the model's choice, else all).")] = None,
     out: Annotated[Path | None, typer.Option(help="JSON report.")] = None,
     model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
@@ -235,7 +243,11 @@ def evaluate(
         cases = build_cases(corpus, joe=joe, per_voice=per_voice, festival=festival, split=split)
     except (FileNotFoundError, ValueError) as exc:  # no corpus, or a manifest line that is not JSON
         fail(str(exc))
-    report = evaluate_tts(engine, cases, batch_size=batch_size, seed=seed, phoneme_guidance=phoneme_guidance)
+    try:
+        report = evaluate_tts(engine, cases, batch_size=batch_size, seed=seed, phoneme_guidance=phoneme_guidance,
+                              best_of=best_of)
+    except ValueError as exc:  # a best_of this model cannot choose among
+        fail(str(exc))
     typer.echo(format_report(report))
     if out is not None:
         write_report(report, out)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ from cadenza.higgs_audio.modeling import HiggsAudioModel
 from cadenza.higgs_audio.prefill import PrefixSharingPrefill
 from cadenza.higgs_audio.prompt import ChatMLDatasetSample, expanded_length
 from cadenza.higgs_audio.sampler import BatchSampler
+from cadenza.higgs_audio.takes import TAKE_SEED_STRIDE, TakeScorer
 from cadenza.higgs_audio.text import TextTokenizer, sounding
 
 CODES_CACHE_SIZE = 64  # reference clips whose codes an engine keeps
@@ -73,6 +74,9 @@ class GenerationSettings:
     # pointer and a codec with a phoneme head; 0: plain sampling. 4 was the best of {0, 2, 4, 8} on held-out
     # sentences at speech_v3 step 2,400 (docs/training.md).
     phoneme_guidance: float = 4.0
+    # Takes decoded per request, of which the one its transcript is read from most easily is kept (takes.py); a
+    # stream says one take. Needs a model with a transcript pointer and a codec with a phoneme head.
+    best_of: int = 1
     # A stream's audio comes in chunks of this many frames (25 a second). Each chunk's decode also reads the
     # codec's lookahead (10 frames for the shipped one) on both sides: 1-frame chunks cost the codec ~4x more.
     stream_chunk_frames: int = 5
@@ -154,6 +158,7 @@ class HiggsAudioServeEngine:
         _check_codec(self.config, audio_tokenizer_path)
         phonemes = self.audio_tokenizer.code_phoneme_log_probs if self.config.transcript_pointer else None
         self.phoneme_guide = PhonemeGuide(phonemes, self.tokenizer) if phonemes is not None else None
+        self.take_scorer = TakeScorer(self.audio_tokenizer.model, self.tokenizer) if phonemes is not None else None
         self.sampling_rate = self.audio_tokenizer.sampling_rate
         self.decode_codebooks = decode_codebooks or self.config.decode_codebooks or self.config.audio_num_codebooks
         if not 1 <= self.decode_codebooks <= self.config.audio_num_codebooks:
@@ -184,13 +189,36 @@ class HiggsAudioServeEngine:
                          settings: list[GenerationSettings] | GenerationSettings | None = None,
                          decode_audio: bool = True) -> list[HiggsAudioResponse]:
         """`generate_batch` for conversations whose audio is already codes (see `prompt`). decode_audio=False:
-        codes only (`audio` None), for a caller that joins them first (long form) and then `decode_audio`s."""
+        codes only (`audio` None), for a caller that joins them first (long form) and then `decode_audio`s.
+        A request with `best_of` k decodes k takes in the same batch and keeps the best (takes.py)."""
         settings = _per_request(settings, len(prompts))
+        takes = [(i, take) for i, s in enumerate(settings) for take in self._takes(prompts[i], s)]
         rows = None
-        for rows, _ in self._decode(prompts, settings):
+        for rows, _ in self._decode([prompts[i] for i, _ in takes], [take for _, take in takes]):
             pass
-        responses = [self._response(row, self.reverted_codes(row)) for row in rows]
+        best: dict[int, tuple[float, _Row, np.ndarray]] = {}
+        for (i, _), row in zip(takes, rows):
+            codes = self.reverted_codes(row)
+            score = self.take_scorer(codes, row.reading) if settings[i].best_of > 1 else 0.0
+            if i not in best or score < best[i][0]:
+                best[i] = (score, row, codes)
+        responses = [self._response(row, codes) for _, row, codes in (best[i] for i in range(len(prompts)))]
         return self.decode_audio(responses) if decode_audio else responses
+
+    def _takes(self, prompt: ChatMLDatasetSample, settings: GenerationSettings) -> list[GenerationSettings]:
+        """The settings of each take of a request (take 0: the request's own); ValueError for a `best_of` this
+        engine cannot choose among."""
+        if settings.best_of < 1:
+            raise ValueError(f"best_of must be at least 1, not {settings.best_of}")
+        if settings.best_of == 1:
+            return [settings]
+        if self.take_scorer is None:
+            raise ValueError("best_of > 1 needs a model with a transcript pointer and an audio tokenizer with a "
+                             "codebook-0 phoneme head (v3), to tell the takes apart")
+        if not self._reading(prompt.input_ids):
+            raise ValueError("best_of > 1 needs a transcript to say in the last user message")
+        seeds = [None if settings.seed is None else settings.seed + k * TAKE_SEED_STRIDE for k in range(settings.best_of)]
+        return [replace(settings, seed=seed, best_of=1) for seed in seeds]
 
     def decode_audio(self, responses: list[HiggsAudioResponse]) -> list[HiggsAudioResponse]:
         """Fill in the audio of responses that have codes, decoded together (one codec call per length)."""
@@ -230,6 +258,8 @@ class HiggsAudioServeEngine:
         A row's audio comes every `stream_chunk_frames` frames of its settings; the chunks due at one step are
         decoded together."""
         settings = _per_request(settings, len(prompts))
+        if any(s.best_of != 1 for s in settings):
+            raise ValueError("a stream says one take: best_of must be 1")
         # Eager: a frame is released by the column that completes it. The engine knows a stream's last
         # column (it carries the finish reason) and does not push it, so the frames are those of `generate`.
         reverters = [DelayReverter(self.config.audio_num_codebooks, eager=True) for _ in prompts]

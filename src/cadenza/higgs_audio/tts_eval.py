@@ -141,9 +141,10 @@ def _joe_sentences(corpus_dir: Path, held_out: list[dict], n: int, work_dir: Pat
 
 
 def evaluate_tts(engine: HiggsAudioServeEngine, cases: list[Case], batch_size: int = 8, seed: int = 0,
-                 temperature: float = 0.7, phoneme_guidance: float | None = None, progress: bool = True) -> dict:
-    """Generate every case (batched), then measure WER and speaker similarity; per-group aggregates + rows.
-    phoneme_guidance None: GenerationSettings' default."""
+                 temperature: float = 0.7, phoneme_guidance: float | None = None, best_of: int = 1,
+                 progress: bool = True) -> dict:
+    """Generate every case (batched; `best_of` takes each, see takes.py), then measure WER and speaker
+    similarity; per-group aggregates + rows. phoneme_guidance None: GenerationSettings' default."""
     from tqdm import tqdm
 
     references: dict[tuple[str, str], Reference] = {}
@@ -153,7 +154,8 @@ def evaluate_tts(engine: HiggsAudioServeEngine, cases: list[Case], batch_size: i
         if key not in references:
             references[key] = file_reference(engine, case.reference_audio, case.reference_text)
         guidance = {} if phoneme_guidance is None else {"phoneme_guidance": phoneme_guidance}
-        settings = GenerationSettings(max_new_tokens=25 * 20, temperature=temperature, seed=seed + n, **guidance)
+        settings = GenerationSettings(max_new_tokens=25 * 20, temperature=temperature, seed=seed + n, best_of=best_of,
+                                      **guidance)
         requests.append(SpeechRequest(case.text, {0: references[key]}, settings=settings))
     audios, started = [], time.perf_counter()
     for start in tqdm(range(0, len(requests), batch_size), desc="generating", disable=not progress):
@@ -189,6 +191,7 @@ def evaluate_tts(engine: HiggsAudioServeEngine, cases: list[Case], batch_size: i
         "voices": {name: aggregate(rows) for name, rows in voices.items()},
         "rtf": generation_seconds / max(audio_seconds, 1e-9),
         "batch_size": batch_size,
+        "best_of": best_of,
         "cases": [asdict(r) for r in results],
     }
 
@@ -220,7 +223,8 @@ def format_report(report: dict) -> str:
                                          for k, digits in (("engine_wer", 1), ("codec_wer", 1), ("engine_dnsmos", 2)))
         lines.append(f"{name:<32}{g['n']:>4}{g['wer']:>8.1f}{engine:>14}{codec:>13}{g['similarity']:>12.3f}"
                      f"{g['dnsmos']:>8.2f}{engine_quality:>15}{g['mean_seconds']:>8.2f}")
-    lines.append(f"real-time factor (batch {report['batch_size']}): {report['rtf']:.3f}")
+    takes = f", best of {report['best_of']} takes" if report.get("best_of", 1) > 1 else ""
+    lines.append(f"real-time factor (batch {report['batch_size']}{takes}): {report['rtf']:.3f}")
     return "\n".join(lines)
 
 
