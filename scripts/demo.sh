@@ -39,15 +39,15 @@ cadenza speech codec encode src/cadenza/pretrained/voices/heart.wav --out-dir "$
 cadenza speech codec decode "$OUT/codes/heart.npy" --out-dir "$OUT/speech"
 ls -l "$OUT/codes/heart.npy" "$OUT/speech/heart.wav"
 
-echo "== 7. the speech LM (a preview, see its MODEL_CARD.md): say a sentence, clone a voice preset, write a two-speaker dialogue"
+echo "== 7. the speech LM (a preview, see its MODEL_CARD.md): say a sentence, clone a voice preset, write a two-speaker dialogue (each the best of 4 takes)"
 if [ -f src/cadenza/pretrained/higgs_audio_small/config.json ]; then
   cadenza speech generate --transcript "Good morning. The coffee is ready, and the sun is out." --voice joe \
-      --seed 0 --out "$OUT/speech/said.wav"
+      --seed 0 --best-of 4 --out "$OUT/speech/said.wav"
   cadenza speech generate --transcript "I have never been to this part of town before." \
       --ref-audio src/cadenza/pretrained/voices/heart.wav --ref-text "$(cat src/cadenza/pretrained/voices/heart.txt)" \
-      --seed 0 --out "$OUT/speech/cloned.wav"
+      --seed 0 --best-of 4 --out "$OUT/speech/cloned.wav"
   cadenza speech generate --transcript "[SPEAKER0] Are you coming tonight? [SPEAKER1] Yes, I will be there at eight." \
-      --chunk-method speaker --seed 0 --out "$OUT/speech/dialogue.wav"
+      --chunk-method speaker --seed 0 --best-of 4 --out "$OUT/speech/dialogue.wav"
   ls -l "$OUT"/speech/{said,cloned,dialogue}.wav
 else
   echo "the shipped speech LM (src/cadenza/pretrained/higgs_audio_small) is missing from this checkout"
