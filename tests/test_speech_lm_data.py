@@ -374,7 +374,7 @@ def test_a_v3_codec_aligns_with_its_own_phoneme_head(tokenizer):
     the blank, any other token a uniform score; each frame twice, like the trained aligner."""
     import torch
 
-    from cadenza.higgs_audio.aligner import UPSAMPLE, PhonemeHeadAligner
+    from cadenza.higgs_audio.recognizer import UPSAMPLE, PhonemeHeadAligner
     from cadenza.higgs_audio.codec.config import CodecConfig
     from cadenza.higgs_audio.codec.model import Codec
     from cadenza.higgs_audio.codec.phonemes import BLANK, PHONEME_CLASSES, phoneme_ids

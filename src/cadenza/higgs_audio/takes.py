@@ -5,7 +5,7 @@ step 3,100, on 24 held-out joe sentences, single takes had 54-66% WER while the 
 an oracle) had 26%. `GenerationSettings.best_of` decodes that many takes of a request in one batch (they
 share the prompt, so the prefill and the voice's prefix are computed once) and keeps the one a recognizer reads
 as the transcript most easily: the CTC negative log-likelihood of the transcript's sounding tokens, per frame
-of the take, under the audio tokenizer's codebook-0 phoneme head (`aligner.PhonemeHeadAligner`). The
+of the take, under the audio tokenizer's codebook-0 phoneme head (`recognizer.PhonemeHeadAligner`). The
 recognizer is the project's own, trained on the training corpus; Whisper, which the evaluation measures
 with, plays no part. Only codes are scored, so only the chosen take pays for the codec's decode.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cadenza.higgs_audio.aligner import UPSAMPLE, PhonemeHeadAligner
+from cadenza.higgs_audio.recognizer import UPSAMPLE, PhonemeHeadAligner
 from cadenza.higgs_audio.codec.model import Codec
 from cadenza.higgs_audio.text import TextTokenizer
 
