@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cadenza.higgs_audio.recognizer import UPSAMPLE, PhonemeHeadAligner
 from cadenza.higgs_audio.codec.model import Codec
+from cadenza.higgs_audio.recognizer import UPSAMPLE, PhonemeHeadAligner
 from cadenza.higgs_audio.text import TextTokenizer
 
 # Take k > 0 of a seeded request samples with seed + k * TAKE_SEED_STRIDE (take 0 keeps the request's seed, so
